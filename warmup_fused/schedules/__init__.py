@@ -1,0 +1,12 @@
+"""Learning-rate schedules evaluated on the device: native constructors and converters.
+
+    >>> from warmup_fused import schedules
+    >>> s = schedules.warmup_cosine(warmup=100, total=1000, base_lr=3e-4)
+    >>> s.lr_at(range(5))        # float64 [num_groups, 5], computed by the compiled kernel
+"""
+from ._schedule import MAX_STEP, Recorded, Schedule
+from .convert import from_torch
+from .native import *  # noqa: F401,F403
+from .native import __all__ as _native_all
+
+__all__ = ["Schedule", "Recorded", "from_torch", "MAX_STEP", *_native_all]

@@ -1,0 +1,298 @@
+"""from_torch: a live reference scheduler -> a Schedule whose LRs equal it bit for bit.
+
+Three routes, in order:
+1. transformers' ``get_*_schedule_with_warmup`` LambdaLRs (functools.partial of a known function) and
+   ``warmup_scheduler.GradualWarmupScheduler`` without an after_scheduler become closed-form programs
+   that mirror the reference's expression tree: exact at every step, no horizon needed.
+2. Schedulers that become constant after a known step (ConstantLR, LinearLR, MultiStepLR, PolynomialLR,
+   OneCycleLR) are recorded up to that step by running a detached copy; the last value then holds
+   forever, which is what the reference does (OneCycleLR raises past total_steps; we hold its last LR).
+3. Anything else (recursive schedulers, unknown lambdas, chains) is recorded over ``horizon`` steps,
+   holding the last value past it; without ``horizon`` it is refused: we never approximate silently.
+"""
+from __future__ import annotations
+
+import copy
+import functools
+import math
+import warnings
+from typing import Callable
+
+import torch
+from torch.optim import lr_scheduler as lrs
+
+from .._expr import BASE, LOCAL, PI, STEP, Expr, cos, pmax, pmin, sqrt
+from ._schedule import Recorded, Schedule
+
+
+def _f(x) -> float:
+    return float(x)
+
+
+# ------------------------------------------------------------ transformers
+# Each returns the lambda's phases as (begin, factor expression); LambdaLR multiplies: BASE * factor.
+def _hf_warmup(w: int) -> Expr:
+    return STEP / _f(max(1, w))
+
+
+def _hf_constant(kw):
+    return [(0, 1.0)]
+
+
+def _hf_constant_with_warmup(kw):
+    w = kw["num_warmup_steps"]
+    return [(0, STEP / _f(max(1.0, w))), (w, 1.0)]
+
+
+def _hf_linear(kw):
+    w, t = kw["num_warmup_steps"], kw["num_training_steps"]
+    return [(0, _hf_warmup(w)), (w, pmax(0.0, (_f(t) - STEP) / _f(max(1, t - w))))]
+
+
+def _hf_progress(w: int, t: int) -> Expr:
+    return (STEP - _f(w)) / _f(max(1, t - w))
+
+
+def _hf_cosine(kw):
+    w, t, cycles = kw["num_warmup_steps"], kw["num_training_steps"], kw["num_cycles"]
+    rate = kw.get("min_lr_rate", 0.0)
+    factor = 0.5 * (1.0 + cos(PI * _f(cycles) * 2.0 * _hf_progress(w, t)))
+    factor = factor * (1 - rate) + rate
+    return [(0, _hf_warmup(w)), (w, pmax(0.0, factor))]
+
+
+def _hf_hard_restarts(kw):
+    w, t, cycles = kw["num_warmup_steps"], kw["num_training_steps"], kw["num_cycles"]
+    factor = pmax(0.0, 0.5 * (1.0 + cos(PI * ((_f(cycles) * _hf_progress(w, t)) % 1.0))))
+    # progress >= 1.0 exactly when step >= max(w + max(1, t - w), ...): find the first such step.
+    end = _first_step(lambda s: _f(s - w) / _f(max(1, t - w)) >= 1.0, w)
+    return [(0, _hf_warmup(w)), (w, factor), (end, 0.0)] if end > w else [(0, _hf_warmup(w)), (w, 0.0)]
+
+
+def _hf_polynomial(kw):
+    w, t = kw["num_warmup_steps"], kw["num_training_steps"]
+    lr_end, power, lr_init = kw["lr_end"], kw["power"], kw["lr_init"]
+    lr_range = lr_init - lr_end
+    decay_steps = t - w
+    # pct_remaining = 1 - (step - w) / decay_steps (int - int is exact below 2**53)
+    pct = 1.0 - (STEP - _f(w)) / _f(decay_steps) if decay_steps else None
+    phases = [(0, _hf_warmup(w))]
+    if w <= t:
+        phases.append((w, (_f(lr_range) * pct ** _f(power) + _f(lr_end)) / _f(lr_init)))
+    phases.append((max(t + 1, w), _f(lr_end) / _f(lr_init)))
+    return phases
+
+
+def _hf_inverse_sqrt(kw):
+    w, ts = kw["num_warmup_steps"], kw["timescale"]
+    shift = ts - w
+    return [(0, _hf_warmup(w)), (w, 1.0 / sqrt((STEP + _f(shift)) / _f(ts)))]
+
+
+def _hf_cosine_min_lr_rate(kw):
+    w, t, cycles = _f(kw["num_warmup_steps"]), _f(kw["num_training_steps"]), kw["num_cycles"]
+    rate, warm_rate = kw.get("min_lr_rate", 0.0), kw.get("warmup_lr_rate")
+    iw = int(kw["num_warmup_steps"])
+    if warm_rate is None:
+        warm = (STEP + 1.0) / max(1.0, w)
+    else:
+        warm_rate = float(warm_rate)
+        warm = warm_rate + (1.0 - warm_rate) * STEP / _f(max(1, w - 1))
+    progress = (STEP - w + 1.0) / max(1.0, t - w)
+    factor = 0.5 * (1.0 + cos(PI * cycles * 2.0 * progress))
+    factor = factor * (1 - rate) + rate
+    return [(0, warm), (iw, pmax(0, factor))]
+
+
+def _hf_wsd(kw):
+    w, stable, decay = kw["num_warmup_steps"], kw["num_stable_steps"], kw["num_decay_steps"]
+    cycles, ratio = kw["num_cycles"], kw["min_lr_ratio"]
+    progress = STEP / _f(max(1, w))
+    warm = {"linear": progress, "cosine": 0.5 * (1.0 - cos(PI * progress)),
+            "1-sqrt": 1.0 - sqrt(1.0 - progress)}[kw["warmup_type"]]
+    dprog = (STEP - _f(w + stable)) / _f(max(1, decay))
+    cool = {"linear": 1.0 - dprog, "cosine": 0.5 * (1.0 + cos(PI * _f(cycles) * 2.0 * dprog)),
+            "1-sqrt": 1.0 - sqrt(dprog)}[kw["decay_type"]]
+    phases = [(0, pmax(0.0, warm)), (w, 1.0), (w + stable, pmax(0.0, cool)), (w + stable + decay, _f(ratio))]
+    return _drop_empty(phases)
+
+
+_HF_FUNCTIONS: dict[str, Callable] = {
+    "_get_constant_lambda": _hf_constant,
+    "_get_constant_schedule_with_warmup_lr_lambda": _hf_constant_with_warmup,
+    "_get_linear_schedule_with_warmup_lr_lambda": _hf_linear,
+    "_get_cosine_schedule_with_warmup_lr_lambda": _hf_cosine,
+    "_get_cosine_with_hard_restarts_schedule_with_warmup_lr_lambda": _hf_hard_restarts,
+    "_get_polynomial_decay_schedule_with_warmup_lr_lambda": _hf_polynomial,
+    "_get_inverse_sqrt_schedule_lr_lambda": _hf_inverse_sqrt,
+    "_get_cosine_with_min_lr_schedule_with_warmup_lr_rate_lambda": _hf_cosine_min_lr_rate,
+    "_get_wsd_scheduler_lambda": _hf_wsd,
+}
+
+
+def _first_step(pred, start: int, limit: int = 2**53) -> int:
+    """Smallest step >= start where the monotone predicate holds (binary search)."""
+    lo, hi = start, start
+    while not pred(hi):
+        lo, hi = hi, max(1, hi * 2)
+        if hi >= limit:
+            return limit
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if pred(mid):
+            hi = mid
+        else:
+            lo = mid + 1
+    return lo
+
+
+def _drop_empty(phases):
+    """Keeps, for each begin, the last phase (a later phase starting at the same step replaces it)."""
+    out = []
+    for begin, body in phases:
+        while out and out[-1][0] >= begin:
+            out.pop()
+        out.append((begin, body))
+    if out and out[0][0] != 0:
+        raise ValueError("phases must start at step 0")
+    return out
+
+
+def _hf_phases(fn) -> list | None:
+    if not isinstance(fn, functools.partial) or fn.args:
+        return None
+    func = fn.func
+    if getattr(func, "__module__", "") != "transformers.optimization":
+        return None
+    build = _HF_FUNCTIONS.get(func.__name__)
+    if build is None:
+        return None
+    import inspect
+
+    kw = {k: p.default for k, p in inspect.signature(func).parameters.items()
+          if p.default is not inspect.Parameter.empty}
+    kw.update(fn.keywords)
+    return _drop_empty(build(kw))
+
+
+# ------------------------------------------------------------ helpers
+def _lambda_phases(sched: lrs.LambdaLR):
+    per_group = []
+    for fn in sched.lr_lambdas:
+        phases = _hf_phases(fn)
+        if phases is None:
+            return None
+        per_group.append([(b, BASE * e) for b, e in phases])
+    return per_group
+
+
+def _gradual_warmup_phases(sched):
+    """GradualWarmupScheduler (ildoonet/pytorch-gradual-warmup-lr) without an after_scheduler."""
+    m, total = sched.multiplier, sched.total_epoch
+    if m == 1.0:
+        warm = BASE * (STEP / total)  # float(last_epoch) / total_epoch; an int total is exact as float
+    else:
+        warm = BASE * ((m - 1.0) * STEP / total + 1.0)
+    return [[(0, warm), (total + 1, BASE * m)]]
+
+
+def _settles_after(sched) -> int | None:
+    """A step after which the scheduler's LR never changes again, when one is known."""
+    if isinstance(sched, (lrs.ConstantLR, lrs.LinearLR, lrs.PolynomialLR)):
+        return sched.total_iters
+    if isinstance(sched, lrs.MultiStepLR):
+        return max(sched.milestones, default=0)
+    if isinstance(sched, lrs.OneCycleLR):
+        return sched.total_steps - 1
+    return None
+
+
+def _detached_copy(sched):
+    """A deep copy of the scheduler and its optimizer in which parameters and state are tiny stand-ins."""
+    opt = sched.optimizer
+    memo = {}
+    for group in opt.param_groups:
+        for p in group["params"]:
+            memo[id(p)] = torch.empty(0)
+    for state in opt.state.values():
+        for v in state.values():
+            if isinstance(v, torch.Tensor):
+                memo[id(v)] = torch.empty(0)
+    return copy.deepcopy(sched, memo)
+
+
+def _record(sched, steps: int):
+    """Runs a copy of the reference loop: values[g][t] = param_groups[g]['lr'] during iteration t."""
+    if getattr(sched, "last_epoch", 0) != 0:
+        raise ValueError(
+            f"scheduler: {type(sched).__name__} has already been stepped (last_epoch={sched.last_epoch}); "
+            "from_torch records from step 0, so convert it right after construction"
+        )
+    twin = _detached_copy(sched)
+    groups = twin.optimizer.param_groups
+    rows = [[] for _ in groups]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for t in range(steps):
+            for g, group in enumerate(groups):
+                lr = group["lr"]
+                rows[g].append(float(lr.item()) if isinstance(lr, torch.Tensor) else float(lr))
+            if t + 1 < steps:
+                twin.step()
+    return tuple(tuple(r) for r in rows)
+
+
+def _base_lrs(sched) -> list[float]:
+    return [float(b) for b in getattr(sched, "base_lrs", [g.get("initial_lr", g["lr"])
+                                                          for g in sched.optimizer.param_groups])]
+
+
+def from_torch(scheduler, *, horizon: int | None = None, exact: bool = True) -> Schedule:
+    """A Schedule equal, bit for bit, to ``scheduler``'s ``param_group['lr']`` at every step.
+
+    Step t means iteration t of ``for t ...: opt.step(); sched.step()`` (t = sched.last_epoch).
+    ``horizon`` (steps) bounds recording for schedulers that are not closed-form; past it the last
+    recorded value holds. Closed-form conversions use it only to size exact-mode tables.
+    """
+    if horizon is not None and (isinstance(horizon, bool) or not isinstance(horizon, int) or horizon < 1):
+        raise ValueError(f"horizon must be None or an int >= 1, got {horizon!r}")
+    if not isinstance(scheduler, lrs.LRScheduler):
+        if isinstance(scheduler, lrs.ReduceLROnPlateau):
+            raise TypeError("scheduler: ReduceLROnPlateau depends on metrics, not on the step; it cannot be "
+                            "computed on the device")
+        raise TypeError(f"scheduler must be a torch.optim.lr_scheduler.LRScheduler, got "
+                        f"{type(scheduler).__name__}")
+    name = type(scheduler).__name__
+    base_lrs = _base_lrs(scheduler)
+
+    phases = None
+    if type(scheduler) is lrs.LambdaLR:
+        phases = _lambda_phases(scheduler)
+        if phases is not None:
+            fn = scheduler.lr_lambdas[0]
+            name = getattr(fn, "func", fn).__name__.strip("_")
+    elif type(scheduler).__name__ == "GradualWarmupScheduler" and getattr(scheduler, "after_scheduler", 1) is None:
+        phases = _gradual_warmup_phases(scheduler)
+    if phases is not None:
+        if horizon is None and type(scheduler) is lrs.LambdaLR:
+            # transformers' schedules end at num_training_steps: table their transcendental phases up to it.
+            total = getattr(scheduler.lr_lambdas[0], "keywords", {}).get("num_training_steps")
+            horizon = None if total is None else int(total) + 1
+        return Schedule(phases, base_lrs, horizon=horizon, exact=exact, name=name)
+
+    settle = _settles_after(scheduler)
+    if horizon is None:
+        if settle is None:
+            raise ValueError(
+                f"horizon: {name} is not closed-form and never settles to a constant, so from_torch must "
+                "record it; pass horizon=<total training steps> (past it the last LR holds)"
+            )
+        steps = settle + 1
+    else:
+        steps = horizon if settle is None else min(horizon, settle + 1)
+    values = _record(scheduler, steps)
+    return Schedule([[(0, Recorded(values))]], base_lrs,
+                    horizon=horizon if horizon is not None else steps, exact=exact, name=name)
+
+
+__all__ = ["from_torch"]
