@@ -1,0 +1,196 @@
+"""The schedule engine itself: program validation, the lr_at op, its fake kernel, build info."""
+import math
+import os
+
+import pytest
+import torch
+
+import warmup_fused
+from warmup_fused import _ops
+from warmup_fused._expr import BASE, LOCAL, STEP, Op, cos, pmax, pmin, repeat_mul, sqrt
+from warmup_fused.schedules import Schedule
+
+
+def bits(t: torch.Tensor) -> torch.Tensor:
+    return t.contiguous().view(torch.int64)
+
+
+def test_cuda_kernels_built_when_forced():
+    info = _ops.build_info()
+    if os.environ.get("FORCE_CUDA") == "1":
+        assert info["cuda"], info
+        assert info["arch"]
+    else:
+        assert isinstance(info["cuda"], bool)
+
+
+def test_expression_tree_order_is_kept(device):
+    # math.pi*s/T and math.pi*(s/T) differ in the last bit at many steps: both trees are honoured.
+    T = 977.0
+    a = Schedule([[(0, BASE * (math.pi * STEP / T))]], horizon=5000)
+    b = Schedule([[(0, BASE * (math.pi * (STEP / T)))]], horizon=5000)
+    steps = range(5000)
+    ref_a = torch.tensor([math.pi * s / T for s in steps], dtype=torch.float64)
+    ref_b = torch.tensor([math.pi * (s / T) for s in steps], dtype=torch.float64)
+    assert torch.equal(bits(a.lr_at(steps, device)[0].cpu()), bits(ref_a))
+    assert torch.equal(bits(b.lr_at(steps, device)[0].cpu()), bits(ref_b))
+    assert (ref_a != ref_b).any()  # the test would catch a reassociation
+
+
+def test_python_semantics_of_ops():
+    # max/min keep Python's first-argument preference; % follows the divisor's sign; // floors.
+    expr_cases = [
+        (pmax(0.0, STEP - 3.0), lambda s: max(0.0, s - 3.0)),
+        (pmin(STEP, 5.0), lambda s: min(s, 5.0)),
+        ((STEP * 0.37) % 1.0, lambda s: (s * 0.37) % 1.0),
+        ((STEP - 50.0) % 7.0, lambda s: (s - 50.0) % 7.0),
+        (STEP // 3.0, lambda s: float(s // 3)),
+        (sqrt(STEP + 1.0), lambda s: math.sqrt(s + 1.0)),
+        (repeat_mul(0.1, 0.5, STEP // 10.0), None),
+    ]
+    for expr, ref in expr_cases:
+        got = Schedule([[(0, expr)]]).lr_at(range(200))[0]
+        if ref is None:
+            def ref(s):
+                x = 0.1
+                for _ in range(s // 10):
+                    x = x * 0.5
+                return x
+        want = torch.tensor([ref(s) for s in range(200)], dtype=torch.float64)
+        assert torch.equal(bits(got), bits(want)), expr
+
+
+def test_phases_local_step_groups_and_epochs():
+    sched = Schedule(
+        [[(0, BASE * (STEP / 4.0)), (4, BASE * cos(LOCAL * 0.01))]],
+        base_lrs=[0.1, 0.3],
+        steps_per_epoch=3,
+        horizon=300,
+    )
+    out = sched.lr_at(range(400))
+    for g, base in enumerate([0.1, 0.3]):
+        for s in range(400):
+            e = s // 3
+            want = base * (e / 4.0) if e < 4 else base * math.cos((e - 4) * 0.01)
+            assert out[g, s].item() == want
+    assert sched.table_bytes == 2 * 8 * (100 - 4)  # horizon 300 steps = 100 epochs, 2 groups
+
+
+def test_exact_table_and_fast_mode_agree_on_cpu_and_past_horizon():
+    body = [(0, BASE * STEP / 10.0), (10, BASE * 0.5 * (1.0 + cos(math.pi * LOCAL / 90.0)))]
+    exact = Schedule([body], base_lrs=[2e-3], horizon=100)
+    fast = Schedule([body], base_lrs=[2e-3], exact=False)
+    assert exact.table_bytes == 8 * 90 and fast.table_bytes == 0
+    steps = torch.tensor([0, 5, 10, 50, 99, 100, 101, 5000, 2**31, 2**31 + 7, 2**40], dtype=torch.int64)
+    assert torch.equal(bits(exact.lr_at(steps)), bits(fast.lr_at(steps)))
+
+
+def test_unbounded_transcendental_phase_needs_horizon():
+    with pytest.raises(ValueError, match="horizon"):
+        Schedule([[(0, cos(STEP))]])
+    Schedule([[(0, cos(STEP))]], exact=False)  # fast mode needs no table
+
+
+@pytest.mark.parametrize(
+    "kwargs, err, match",
+    [
+        (dict(base_lrs=[-1.0]), ValueError, "base_lrs"),
+        (dict(base_lrs=[float("nan")]), ValueError, "base_lrs"),
+        (dict(base_lrs=["x"]), TypeError, "base_lrs"),
+        (dict(steps_per_epoch=0), ValueError, "steps_per_epoch"),
+        (dict(horizon=-1), ValueError, "horizon"),
+    ],
+)
+def test_schedule_argument_errors(kwargs, err, match):
+    with pytest.raises(err, match=match):
+        Schedule([[(0, BASE)]], **kwargs)
+
+
+def test_phase_order_errors():
+    with pytest.raises(ValueError, match="step 0"):
+        Schedule([[(1, BASE)]])
+    with pytest.raises(ValueError, match="increase"):
+        Schedule([[(0, BASE), (5, BASE), (5, BASE)]])
+
+
+@pytest.mark.parametrize(
+    "steps, err",
+    [(-1, ValueError), (range(-3, 2), ValueError), (1.5, TypeError), (True, TypeError),
+     (torch.tensor([0.5]), TypeError), (torch.zeros(2, 2, dtype=torch.int64), ValueError),
+     (torch.tensor([2**53]), ValueError)],
+)
+def test_lr_at_step_errors(steps, err):
+    with pytest.raises(err, match="steps"):
+        Schedule([[(0, BASE)]]).lr_at(steps)
+
+
+def test_lr_at_accepts_int_range_tensor():
+    s = Schedule([[(0, BASE * STEP)]], base_lrs=[0.5, 1.0])
+    assert s.lr_at(3).shape == (2, 1)
+    assert torch.equal(s.lr_at(range(2, 8, 2)), s.lr_at(torch.tensor([2, 4, 6], dtype=torch.int32)))
+    assert s.lr_at(3).dtype == torch.float64
+
+
+def _program(code, vals=(1.0,), phases=None):
+    n_phase = 1
+    start = 1 + 3 + 5 * n_phase
+    phases = phases or [0, start, len(code), 0, 0]
+    return (torch.tensor([1, 4, n_phase, 1] + phases + code, dtype=torch.int64),
+            torch.tensor(vals, dtype=torch.float64))
+
+
+@pytest.mark.parametrize(
+    "code, match",
+    [
+        ([int(Op.ADD)], "underflow"),
+        ([int(Op.CONST) | (5 << 8)], "constant index"),
+        ([99], "unknown opcode"),
+        ([int(Op.CONST), int(Op.CONST)], "exactly one"),
+        ([int(Op.STEP)] * 17 + [int(Op.ADD)] * 16, "deeper"),
+    ],
+)
+def test_validate_program_rejects_malformed_code(code, match):
+    ints, vals = _program(code)
+    with pytest.raises(ValueError, match=match):
+        _ops.validate_program(ints, vals)
+    with pytest.raises(ValueError):
+        _ops.lr_at(ints, vals, torch.arange(3), 1)
+
+
+def test_validate_program_rejects_out_of_bounds_offsets():
+    ints, vals = _program([int(Op.STEP)], phases=[0, 1000, 1, 0, 0])
+    with pytest.raises(ValueError, match="code out of bounds"):
+        _ops.validate_program(ints, vals)
+    ints, vals = _program([int(Op.STEP)], phases=[0, 9, 1, 0, 50])
+    with pytest.raises(ValueError, match="table out of bounds"):
+        _ops.validate_program(ints, vals)
+    ints, vals = _program([int(Op.STEP)])
+    with pytest.raises(ValueError, match="num_groups"):
+        _ops.lr_at(ints, vals, torch.arange(3), 2)
+    with pytest.raises(TypeError, match="int64"):
+        _ops.lr_at(ints.int(), vals, torch.arange(3), 1)
+
+
+def test_opcheck_lr_at():
+    s = Schedule([[(0, BASE * STEP / 7.0), (3, BASE * cos(LOCAL))]], base_lrs=[0.1, 0.2], horizon=50)
+    ints, vals = s.program("cpu")
+    torch.library.opcheck(torch.ops.warmup_fused.lr_at.default, (ints, vals, torch.arange(40), 2))
+
+
+def test_lr_at_under_torch_compile():
+    s = Schedule([[(0, BASE * STEP / 7.0)]], base_lrs=[0.1])
+    ints, vals = s.program("cpu")
+
+    @torch.compile(fullgraph=True, backend="eager")
+    def f(steps):
+        return _ops.lr_at(ints, vals, steps, 1) * 2.0
+
+    steps = torch.arange(10)
+    assert torch.equal(f(steps), s.lr_at(steps) * 2.0)
+
+
+def test_import_error_message_is_actionable():
+    import inspect
+
+    src = inspect.getsource(warmup_fused)
+    assert "./run test" in src and "build" in src
