@@ -1,9 +1,10 @@
 """from_torch: a live reference scheduler -> a Schedule whose LRs equal it bit for bit.
 
 Three routes, in order:
-1. transformers' ``get_*_schedule_with_warmup`` LambdaLRs (functools.partial of a known function) and
-   ``warmup_scheduler.GradualWarmupScheduler`` without an after_scheduler become closed-form programs
-   that mirror the reference's expression tree: exact at every step, no horizon needed.
+1. transformers' ``get_*_schedule*`` LambdaLRs (a functools.partial of a known function, or
+   get_constant_schedule's own function) and ``warmup_scheduler.GradualWarmupScheduler`` without an
+   after_scheduler become closed-form programs that mirror the reference's expression tree: exact at
+   every step, no horizon needed.
 2. Schedulers that become constant after a known step (ConstantLR, LinearLR, MultiStepLR, PolynomialLR,
    OneCycleLR) are recorded up to that step by running a detached copy; the last value then holds
    forever, which is what the reference does (OneCycleLR raises past total_steps; we hold its last LR).
@@ -77,9 +78,10 @@ def _hf_polynomial(kw):
     # pct_remaining = 1 - (step - w) / decay_steps (int - int is exact below 2**53)
     pct = 1.0 - (STEP - _f(w)) / _f(decay_steps) if decay_steps else None
     phases = [(0, _hf_warmup(w))]
-    if w <= t:
+    # w == t: the reference divides 0 by 0 at step t (ZeroDivisionError); we give it lr_end there.
+    if w < t:
         phases.append((w, (_f(lr_range) * pct ** _f(power) + _f(lr_end)) / _f(lr_init)))
-    phases.append((max(t + 1, w), _f(lr_end) / _f(lr_init)))
+    phases.append((t + 1 if w < t else w, _f(lr_end) / _f(lr_init)))
     return phases
 
 
@@ -113,7 +115,13 @@ def _hf_wsd(kw):
     dprog = (STEP - _f(w + stable)) / _f(max(1, decay))
     cool = {"linear": 1.0 - dprog, "cosine": 0.5 * (1.0 + cos(PI * _f(cycles) * 2.0 * dprog)),
             "1-sqrt": 1.0 - sqrt(dprog)}[kw["decay_type"]]
-    phases = [(0, pmax(0.0, warm)), (w, 1.0), (w + stable, pmax(0.0, cool)), (w + stable + decay, _f(ratio))]
+    warm = warm * (1.0 - ratio) + ratio
+    cool = cool * (1.0 - ratio) + ratio
+    # The reference tests `step < w`, then `step < w + stable`, then `step < w + stable + decay`, in order:
+    # a later phase never begins before an earlier one ends (stable may be negative).
+    decay_begin = max(w, w + stable)
+    end = max(decay_begin, w + stable + decay)
+    phases = [(0, pmax(0.0, warm)), (w, 1.0), (decay_begin, pmax(0.0, cool)), (end, _f(ratio))]
     return _drop_empty(phases)
 
 
@@ -159,19 +167,26 @@ def _drop_empty(phases):
 
 
 def _hf_phases(fn) -> list | None:
-    if not isinstance(fn, functools.partial) or fn.args:
+    import inspect
+
+    if isinstance(fn, functools.partial):
+        if fn.args:
+            return None
+        func, keywords = fn.func, fn.keywords
+    elif inspect.isfunction(fn):  # get_constant_schedule passes _get_constant_lambda itself
+        func, keywords = fn, {}
+    else:
         return None
-    func = fn.func
     if getattr(func, "__module__", "") != "transformers.optimization":
         return None
     build = _HF_FUNCTIONS.get(func.__name__)
     if build is None:
         return None
-    import inspect
-
-    kw = {k: p.default for k, p in inspect.signature(func).parameters.items()
-          if p.default is not inspect.Parameter.empty}
-    kw.update(fn.keywords)
+    params = inspect.signature(func).parameters
+    kw = {k: p.default for k, p in params.items() if p.default is not inspect.Parameter.empty}
+    kw.update(keywords)
+    if any(p.kind is p.KEYWORD_ONLY and k not in kw for k, p in params.items()):
+        return None  # not the call the reference makes: let it be recorded (and fail as it would)
     return _drop_empty(build(kw))
 
 
@@ -198,12 +213,13 @@ def _gradual_warmup_phases(sched):
 
 def _settles_after(sched) -> int | None:
     """A step after which the scheduler's LR never changes again, when one is known."""
-    if isinstance(sched, (lrs.ConstantLR, lrs.LinearLR, lrs.PolynomialLR)):
+    if type(sched) in (lrs.ConstantLR, lrs.LinearLR, lrs.PolynomialLR):
         return sched.total_iters
-    if isinstance(sched, lrs.MultiStepLR):
+    if type(sched) is lrs.MultiStepLR:
         return max(sched.milestones, default=0)
-    if isinstance(sched, lrs.OneCycleLR):
-        return sched.total_steps - 1
+    if type(sched) is lrs.OneCycleLR:
+        # get_lr accepts last_epoch == total_steps (extrapolating the last phase) and raises past it.
+        return sched.total_steps
     return None
 
 
@@ -221,11 +237,24 @@ def _detached_copy(sched):
     return copy.deepcopy(sched, memo)
 
 
+def _steps_taken(sched) -> int:
+    """The scheduler's last_epoch, or its children's (ChainedScheduler has none of its own; SequentialLR and
+    GradualWarmupScheduler delegate to theirs)."""
+    epoch = getattr(sched, "last_epoch", 0)
+    taken = epoch if isinstance(epoch, int) else 0
+    children = list(getattr(sched, "_schedulers", ()) or ()) + [getattr(sched, "after_scheduler", None)]
+    for child in children:
+        if isinstance(child, lrs.LRScheduler):
+            taken = max(taken, _steps_taken(child))
+    return taken
+
+
 def _record(sched, steps: int):
     """Runs a copy of the reference loop: values[g][t] = param_groups[g]['lr'] during iteration t."""
-    if getattr(sched, "last_epoch", 0) != 0:
+    taken = _steps_taken(sched)
+    if taken != 0:
         raise ValueError(
-            f"scheduler: {type(sched).__name__} has already been stepped (last_epoch={sched.last_epoch}); "
+            f"scheduler: {type(sched).__name__} has already been stepped (last_epoch={taken}); "
             "from_torch records from step 0, so convert it right after construction"
         )
     twin = _detached_copy(sched)
@@ -256,10 +285,10 @@ def from_torch(scheduler, *, horizon: int | None = None, exact: bool = True) -> 
     """
     if horizon is not None and (isinstance(horizon, bool) or not isinstance(horizon, int) or horizon < 1):
         raise ValueError(f"horizon must be None or an int >= 1, got {horizon!r}")
+    if isinstance(scheduler, lrs.ReduceLROnPlateau):  # an LRScheduler subclass in recent torch
+        raise TypeError("scheduler: ReduceLROnPlateau depends on metrics, not on the step; it cannot be "
+                        "computed on the device")
     if not isinstance(scheduler, lrs.LRScheduler):
-        if isinstance(scheduler, lrs.ReduceLROnPlateau):
-            raise TypeError("scheduler: ReduceLROnPlateau depends on metrics, not on the step; it cannot be "
-                            "computed on the device")
         raise TypeError(f"scheduler must be a torch.optim.lr_scheduler.LRScheduler, got "
                         f"{type(scheduler).__name__}")
     name = type(scheduler).__name__
