@@ -1,0 +1,397 @@
+"""``python -m warmup_fused {info,verify,plot,bench}``: environment report, bit-exactness check, plots, benchmarks.
+
+Run ``python -m warmup_fused <command> --help`` for each command's options.
+"""
+from __future__ import annotations
+
+import argparse
+import ast
+import json
+import os
+import sys
+import warnings
+
+import torch
+
+
+# ------------------------------------------------------------------ helpers
+def best_device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def device_name(device: str | torch.device) -> str:
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return cpu_name()
+
+
+def cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.lower().startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    import platform
+
+    return platform.processor() or platform.machine() or "cpu"
+
+
+def ulp_distance(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Elementwise distance in units in the last place between float64 tensors (int64 bit views).
+
+    Both are mapped to a monotone integer line (negative floats mirrored) and subtracted; -0.0 and
+    +0.0 are 0 apart. NaN against anything but the identical NaN bits counts as 2**63 - 1."""
+    def ordered(x):
+        i = x.contiguous().view(torch.int64)
+        return torch.where(i < 0, torch.iinfo(torch.int64).min - i, i)
+
+    oa, ob = ordered(a.to(torch.float64)), ordered(b.to(torch.float64))
+    # Subtract in float64-free int math, guarding overflow by saturating on opposite signs.
+    same_sign = (oa >= 0) == (ob >= 0)
+    diff = torch.where(same_sign, (oa - ob).abs(), torch.full_like(oa, torch.iinfo(torch.int64).max))
+    opposite = ~same_sign
+    if opposite.any():  # exact for moderate magnitudes, saturate otherwise
+        big = torch.iinfo(torch.int64).max
+        pa, pb = oa[opposite].abs(), ob[opposite].abs()
+        ok = pa <= big - pb
+        diff[opposite] = torch.where(ok, pa + pb, torch.full_like(pa, big))
+    nan = torch.isnan(a) | torch.isnan(b)
+    bits_differ = a.contiguous().view(torch.int64) != b.contiguous().view(torch.int64)
+    diff = torch.where(nan & bits_differ, torch.full_like(diff, torch.iinfo(torch.int64).max), diff)
+    return diff
+
+
+def format_table(headers: list[str], rows: list[list], align: str | None = None) -> str:
+    """A plain-text table; align is one char per column ('<' or '>'), numbers right-aligned by default."""
+    cells = [[str(h) for h in headers]] + [["" if c is None else str(c) for c in r] for r in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
+    if align is None:
+        align = "".join(">" if rows and all(_numberish(r[i]) for r in rows) else "<" for i in range(len(headers)))
+    lines = []
+    for k, r in enumerate(cells):
+        lines.append("  ".join(f"{c:{a}{w}}" for c, a, w in zip(r, align, widths)).rstrip())
+        if k == 0:
+            lines.append("  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def _numberish(x) -> bool:
+    if isinstance(x, (int, float)):
+        return True
+    s = str(x).rstrip("x%").replace(",", "")
+    try:
+        float(s)
+        return True
+    except ValueError:
+        return s in ("-", "")
+
+
+# ------------------------------------------------------------------ info
+def cmd_info(args) -> int:
+    import warmup_fused
+    from warmup_fused import _ops
+
+    info = _ops.build_info()
+    dev = best_device()
+    lines = [
+        ("warmup_fused", f"{warmup_fused.__version__} ({os.path.dirname(warmup_fused.__file__)})"),
+        ("torch", torch.__version__),
+        ("torch CUDA", torch.version.cuda or "none (CPU-only torch)"),
+        ("CUDA kernels built", "yes" if info["cuda"] else "no (CPU-only build)"),
+        ("CUDA archs built", info["arch"] or "-"),
+        ("CUDA available", f"{torch.cuda.is_available()} ({torch.cuda.device_count()} device(s))"),
+        ("device", f"{dev}: {device_name(dev)}"),
+        ("CPU threads", str(torch.get_num_threads())),
+        ("optimizers", ", ".join(n for n in ("AdamW", "Adam", "SGD") if hasattr(warmup_fused, n)) or "none yet"),
+    ]
+    if dev == "cuda":
+        major, minor = torch.cuda.get_device_capability()
+        lines.append(("device capability", f"sm_{major}{minor}"))
+        if info["cuda"] and info["arch"]:
+            built = {a.replace(".", "").replace("+PTX", "") for a in info["arch"].replace(",", ";").split(";") if a}
+            if f"{major}{minor}" not in built and not any("PTX" in a for a in info["arch"].split(";")):
+                lines.append(("warning", f"no kernel built for sm_{major}{minor}; rebuild with "
+                                         f"TORCH_CUDA_ARCH_LIST={major}.{minor}"))
+    if args.json:
+        print(json.dumps(dict(lines), indent=2))
+    else:
+        width = max(len(k) for k, _ in lines)
+        for k, v in lines:
+            print(f"{k:<{width}}  {v}")
+    return 0
+
+
+# ------------------------------------------------------------------ verify
+def verify_one(name: str, factory, steps: int, device: str) -> dict:
+    """Runs the reference loop and the converted schedule; returns one result row."""
+    from warmup_fused import _reference, from_torch
+
+    row = {"schedule": name, "steps": steps, "groups": None, "mismatches": None, "max_ulp": None,
+           "table_bytes": None, "device": device, "error": None}
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            opt = _reference.make_optimizer()
+            sched = factory(opt, steps)
+            converted = from_torch(sched, horizon=steps)  # before the loop: it records from step 0
+        ref = _reference.reference_lrs(sched, steps)
+        got = converted.lr_at(range(steps), device).cpu()
+        if tuple(got.shape) != tuple(ref.shape):
+            raise RuntimeError(f"shape {tuple(got.shape)} from lr_at, reference has {tuple(ref.shape)}")
+        differ = ref.view(torch.int64) != got.view(torch.int64)
+        row.update(groups=ref.shape[0], mismatches=int(differ.sum()),
+                   max_ulp=int(ulp_distance(ref, got).max()) if ref.numel() else 0,
+                   table_bytes=converted.table_bytes)
+        if row["mismatches"]:
+            g, t = (int(i) for i in differ.nonzero()[0])
+            row["first_mismatch"] = {"group": g, "step": t, "reference": ref[g, t].item(), "ours": got[g, t].item()}
+    except Exception as exc:  # reported in the table, and the exit code is 1
+        row["error"] = f"{type(exc).__name__}: {exc}"
+    return row
+
+
+def cmd_verify(args) -> int:
+    from warmup_fused import _reference
+
+    device = args.device or best_device()
+    entries: list[tuple[str, object]] = []
+    skipped = []
+    if not args.no_registry:
+        for name, factory in _reference.registry().items():
+            if args.only and not any(s in name for s in args.only):
+                continue
+            missing = _reference.missing_package(name)
+            if missing:
+                skipped.append(f"{name} ({missing} not installed)")
+                continue
+            entries.append((name, factory))
+    for spec in args.scheduler or []:
+        try:
+            entries.append((spec, _reference.load_user_factory(spec)))
+        except ValueError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+    if not entries:
+        print("error: nothing to verify", file=sys.stderr)
+        return 2
+
+    rows = []
+    progress = _progress(entries, desc="verify", disable=args.quiet)
+    for name, factory in progress:
+        rows.append(verify_one(name, factory, args.steps, device))
+    headers = ["schedule", "steps", "groups", "mismatches", "max ulp", "table bytes", "device"]
+    table_rows = []
+    for r in rows:
+        if r["error"]:
+            table_rows.append([r["schedule"], r["steps"], "-", "ERROR", "-", "-", r["device"]])
+        else:
+            ulp = r["max_ulp"] if r["max_ulp"] < 10**6 else f"{r['max_ulp']:.2e}"
+            table_rows.append([r["schedule"], r["steps"], r["groups"], r["mismatches"], ulp,
+                               f"{r['table_bytes']:,}", r["device"]])
+    print(format_table(headers, table_rows, align="<>>>>><"))
+    failed = [r for r in rows if r["error"] or r["mismatches"]]
+    for r in failed:
+        detail = r["error"] or "first mismatch: {first_mismatch}".format(**r)
+        print(f"FAIL {r['schedule']}: {detail}")
+    for s in skipped:
+        print(f"skipped {s}")
+    print(f"{len(rows) - len(failed)}/{len(rows)} schedules bit-exact over {args.steps} steps on "
+          f"{device} ({device_name(device)})")
+    if args.json:
+        _write_json(args.json, {"device": device, "device_name": device_name(device), "steps": args.steps,
+                                "results": rows, "skipped": skipped, "ok": not failed})
+    return 1 if failed else 0
+
+
+# ------------------------------------------------------------------ plot
+def _native_schedule(spec: str):
+    """``warmup_cosine(warmup=100, total=1000, base_lr=3e-4)`` -> schedules.warmup_cosine(...)."""
+    from warmup_fused import schedules
+
+    try:
+        node = ast.parse(spec, mode="eval").body
+    except SyntaxError:
+        return None
+    if isinstance(node, ast.Name):
+        fn_name, args, kwargs = node.id, [], {}
+    elif isinstance(node, ast.Call) and isinstance(node.func, ast.Name):
+        fn_name = node.func.id
+        try:
+            args = [ast.literal_eval(a) for a in node.args]
+            kwargs = {k.arg: ast.literal_eval(k.value) for k in node.keywords}
+        except ValueError as exc:
+            raise ValueError(f"--schedule {spec!r}: arguments must be literals ({exc})") from None
+    else:
+        return None
+    if fn_name.startswith("_") or fn_name not in getattr(schedules, "__all__", ()) or fn_name in (
+            "Schedule", "Recorded", "from_torch", "MAX_STEP"):
+        return None
+    return getattr(schedules, fn_name)(*args, **kwargs)
+
+
+def resolve_schedule(spec: str, steps: int):
+    """A registry name (exact or unique substring), a native constructor call, or module:factory."""
+    from warmup_fused import _reference, from_torch
+
+    reg = _reference.registry()
+    factory = reg.get(spec)
+    if factory is None:
+        hits = [n for n in reg if spec.lower() in n.lower()]
+        if len(hits) == 1:
+            spec, factory = hits[0], reg[hits[0]]
+        elif len(hits) > 1 and ":" not in spec and "(" not in spec:
+            raise ValueError(f"--schedule {spec!r} is ambiguous: {', '.join(hits)}")
+    if factory is None and ":" in spec and "(" not in spec:
+        factory = _reference.load_user_factory(spec)
+    if factory is not None:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return spec, from_torch(factory(_reference.make_optimizer(), steps), horizon=steps)
+    native = _native_schedule(spec)
+    if native is None:
+        raise ValueError(f"--schedule {spec!r}: not a registry name (see `verify --list`), a native constructor "
+                         "call such as 'warmup_cosine(warmup=100, total=1000, base_lr=3e-4)', nor module:factory")
+    return spec, native
+
+
+def cmd_plot(args) -> int:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    specs = args.schedule or ["transformers.cosine_with_warmup", "torch.SequentialLR(warmup+cosine)",
+                              "torch.OneCycleLR"]
+    try:
+        resolved = [resolve_schedule(s, args.steps) for s in specs]
+    except (ValueError, TypeError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    fig, axes = plt.subplots(len(resolved), 1, figsize=(9, 2.6 * len(resolved)), squeeze=False)
+    steps = torch.arange(args.steps, dtype=torch.int64)
+    for ax, (label, sched) in zip(axes[:, 0], resolved):
+        lrs = sched.lr_at(steps, args.device or "cpu").cpu()
+        for g in range(lrs.shape[0]):
+            ax.plot(steps.numpy(), lrs[g].numpy(), lw=1.4, label=f"group {g} (base {sched.base_lrs[g]:g})")
+        boundaries = sorted({begin * sched.steps_per_epoch
+                             for group in sched._phases for begin, _ in group
+                             if 0 < begin * sched.steps_per_epoch < args.steps})
+        for k, b in enumerate(boundaries):
+            ax.axvline(b, ls="--", lw=0.9, color="0.45", label="phase begins" if k == 0 else None)
+        ax.set_title(f"{label}  [{type(sched).__name__}: {sched.name}, {len(sched._phases[0])} phase(s), "
+                     f"table {sched.table_bytes:,} B]", fontsize=9)
+        ax.set_ylabel("lr")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, loc="best")
+    axes[-1, 0].set_xlabel("step")
+    fig.tight_layout()
+    out = args.out
+    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+    fig.savefig(out, dpi=args.dpi)
+    plt.close(fig)
+    print(f"wrote {out} ({len(resolved)} schedule(s), {args.steps} steps)")
+    return 0
+
+
+# ------------------------------------------------------------------ shared
+def _progress(items, desc: str, disable: bool = False):
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        return items
+    return tqdm(items, desc=desc, disable=True if disable else None, leave=False, file=sys.stderr)
+
+
+def _write_json(path: str, obj) -> None:
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "w") as f:
+        json.dump(obj, f, indent=2, default=str)
+        f.write("\n")
+    print(f"wrote {path}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m warmup_fused",
+        description="warmup_fused: fused optimizers that compute the warmup/decay LR on the device.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="Commands:\n"
+               "  info    versions, build (CUDA archs) and the device that would be used\n"
+               "  verify  bit-for-bit check of from_torch against reference schedulers\n"
+               "  plot    draw schedules with their phase boundaries to a PNG\n"
+               "  bench   time one optimizer step against torch.optim (for-loop, foreach, fused)\n")
+    sub = p.add_subparsers(dest="command", metavar="{info,verify,plot,bench}")
+    sub.required = True
+
+    s = sub.add_parser("info", help="versions, build info and device")
+    s.add_argument("--json", action="store_true", help="print as JSON")
+    s.set_defaults(func=cmd_info)
+
+    s = sub.add_parser(
+        "verify", help="compare LR sequences bit for bit with reference schedulers",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="For every reference scheduler: convert it with from_torch(sched, horizon=N), run the "
+                    "reference loop\n  for t in range(N): lr[g, t] = opt.param_groups[g]['lr']; opt.step(); "
+                    "sched.step()\nand compare with Schedule.lr_at(range(N), device) bit for bit. "
+                    "Exit code 1 if any LR differs\nor a conversion fails.",
+        epilog="User schedulers: --scheduler package.module:factory, where\n"
+               "    def factory(optimizer) -> torch.optim.lr_scheduler.LRScheduler\n"
+               "or  def factory(optimizer, total_steps) -> LRScheduler\n"
+               "returns a fresh, un-stepped scheduler for the given optimizer (an SGD with two param groups,\n"
+               f"base LRs 1e-3 and 3e-4). The module must be importable (PYTHONPATH).")
+    s.add_argument("--steps", type=_positive_int, default=10000, help="steps compared (default 10000)")
+    s.add_argument("--device", default=None, help="device for lr_at (default: cuda if available, else cpu)")
+    s.add_argument("--scheduler", action="append", metavar="MODULE:FACTORY",
+                   help="also verify a user scheduler (repeatable)")
+    s.add_argument("--only", action="append", metavar="SUBSTRING",
+                   help="only registry entries whose name contains SUBSTRING (repeatable)")
+    s.add_argument("--no-registry", action="store_true", help="skip the built-in registry")
+    s.add_argument("--list", action="store_true", help="list the registry and exit")
+    s.add_argument("--json", metavar="PATH", help="also write the results as JSON")
+    s.add_argument("--quiet", action="store_true", help="no progress bar")
+    s.set_defaults(func=cmd_verify)
+
+    s = sub.add_parser(
+        "plot", help="draw schedules with phase boundaries to a PNG",
+        description="SCHEDULE is a registry name or a unique part of one (see `verify --list`), a native "
+                    "constructor call\nsuch as \"warmup_cosine(warmup=100, total=1000, base_lr=3e-4)\", or "
+                    "package.module:factory.",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    s.add_argument("--schedule", action="append", metavar="SCHEDULE", help="schedule to draw (repeatable)")
+    s.add_argument("--steps", type=_positive_int, default=1000, help="steps drawn (default 1000)")
+    s.add_argument("--device", default=None, help="device for lr_at (default cpu)")
+    s.add_argument("--out", default="schedules.png", help="PNG path (default schedules.png)")
+    s.add_argument("--dpi", type=int, default=110)
+    s.set_defaults(func=cmd_plot)
+
+    from . import bench
+
+    bench.add_parser(sub)
+    return p
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if getattr(args, "list", False):
+        from warmup_fused import _reference
+
+        for name in _reference.registry():
+            missing = _reference.missing_package(name)
+            print(name + (f"  ({missing} not installed)" if missing else ""))
+        return 0
+    return int(args.func(args) or 0)
+
+
+__all__ = ["main", "ulp_distance", "format_table", "verify_one", "resolve_schedule", "best_device",
+           "device_name"]
