@@ -103,9 +103,14 @@ WF_HOST_DEVICE double schedule_lr(const int64_t* ints, const double* vals, int64
       if (sp < 3) return NAN;
       double x = stack[sp - 3];
       const double factor = stack[sp - 2];
-      // Stops early once the product can no longer change (0, inf, NaN or a factor of 1).
-      for (int64_t k = int64_t(stack[sp - 1]); k > 0 && factor != 1.0 && x != 0.0 && std::isfinite(x); --k)
-        x = x * factor;
+      // Stops early once the product can no longer change: x * factor == x (0, inf, a factor of 1, or a
+      // rounding fixed point such as the smallest subnormal times 0.999), or NaN. Every later step would
+      // compute the same product, so the result is that of all k steps (k can be ~2**53).
+      for (int64_t k = int64_t(stack[sp - 1]); k > 0 && !std::isnan(x); --k) {
+        const double y = x * factor;
+        if (y == x && std::signbit(y) == std::signbit(x)) break;
+        x = y;
+      }
       sp -= 2;
       stack[sp - 1] = x;
       continue;
