@@ -76,6 +76,22 @@ TORCH_LIBRARY(warmup_fused, m) {
   // "cuda=0|1;arch=<TORCH_CUDA_ARCH_LIST>" as built.
   m.def("build_info() -> str", [] { return std::string(WARMUP_FUSED_BUILD_INFO); });
   // --- optimizer ops (see optim_math.h) ---
+  // One Adam/AdamW step over every param of every group on one device. The kernel reads sched_step, evaluates
+  // lr = schedule_lr(prog, group, step) for each group (written to last_lr, float64 [G]), updates params and
+  // states (per-param float32 state_steps incremented first, as torch does), then advances sched_step by 1.
+  // hparams: float64 [G, 6] = beta1, beta2, eps, weight_decay, amsgrad, maximize. tensor_group[i]: param i's group.
+  // max_exp_avg_sqs: empty, or one per param (read only for params of amsgrad groups). found_inf != 0 skips
+  // the update (params, states, state_steps untouched) but still advances sched_step.
+  m.def("adam_step(Tensor(a!)[] params, Tensor(b!)[] grads, Tensor(c!)[] exp_avgs, Tensor(d!)[] exp_avg_sqs, "
+        "Tensor(e!)[] max_exp_avg_sqs, Tensor(f!)[] state_steps, Tensor(g!) sched_step, Tensor(h!) last_lr, "
+        "Tensor prog_ints, Tensor prog_vals, Tensor hparams, int[] tensor_group, bool adamw, "
+        "Tensor? grad_scale=None, Tensor? found_inf=None) -> ()");
+  // One SGD step, same conventions. hparams: float64 [G, 5] = momentum, dampening, weight_decay, nesterov,
+  // maximize. momentum_buffers: empty, or one per param (used for params of groups with momentum != 0).
+  // is_first_step: empty, or one flag per param: the buffer is initialised to the (decayed) grad, as torch does.
+  m.def("sgd_step(Tensor(a!)[] params, Tensor(b!)[] grads, Tensor(c!)[] momentum_buffers, Tensor(d!) sched_step, "
+        "Tensor(e!) last_lr, Tensor prog_ints, Tensor prog_vals, Tensor hparams, int[] tensor_group, "
+        "bool[] is_first_step, Tensor? grad_scale=None, Tensor? found_inf=None) -> ()");
 }
 
 TORCH_LIBRARY_IMPL(warmup_fused, CPU, m) {

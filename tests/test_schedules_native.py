@@ -547,7 +547,9 @@ def _fuzz_check(schedule, ref, bases, steps):
 warmups = st.integers(0, 3000)
 totals = st.integers(0, 6000)
 lr_lists = st.lists(st.floats(0.0, 10.0, allow_subnormal=False), min_size=1, max_size=3)
-step_lists = st.lists(st.integers(0, 2**53 - 1), min_size=1, max_size=20)
+# Up to 2**52: the references do integer arithmetic (e.g. step + shift) that we do in float64, which is
+# exact only while those intermediates stay below 2**53 (documented on Schedule).
+step_lists = st.lists(st.integers(0, 2**52), min_size=1, max_size=20)
 
 
 @FUZZ

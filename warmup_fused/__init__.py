@@ -7,6 +7,8 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
+import torch  # noqa: E402,F401  (loads libc10/libtorch, which _C links against)
+
 try:
     from . import _C  # noqa: F401
 except ImportError as exc:  # pragma: no cover - exercised by hand on a fresh checkout
@@ -20,5 +22,6 @@ except ImportError as exc:  # pragma: no cover - exercised by hand on a fresh ch
 
 from . import _ops, schedules  # noqa: E402
 from .schedules import Schedule, from_torch  # noqa: E402
+from .optim import SGD, Adam, AdamW  # noqa: E402
 
-__all__ = ["Schedule", "from_torch", "schedules", "__version__"]
+__all__ = ["AdamW", "Adam", "SGD", "Schedule", "from_torch", "schedules", "__version__"]

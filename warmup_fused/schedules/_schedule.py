@@ -53,6 +53,10 @@ class Schedule:
     kernel computes the rest in closed form. Past ``horizon`` those phases use the device's own math
     (bit-identical on CPU, within the documented ulps on CUDA). ``exact=False`` never builds tables.
     ``table_bytes`` reports the table memory (8 bytes x steps x groups).
+
+    Steps run from 0 to 2**53 - 1. The references do integer arithmetic on the step (``step + shift``,
+    ``total - step``) that the device does in float64: exact while those intermediates stay below 2**53
+    (tests go to 2**52), far beyond any training run.
     """
 
     def __init__(

@@ -1,0 +1,334 @@
+// CPU kernels of adam_step / sgd_step: one call updates every tensor of every param group on the CPU.
+//
+// The per-element math is optim_math.h's torch-CPU mirror. torch's fused CPU kernels split each tensor into a
+// Vectorized main loop and a scalar tail of numel % Vec::size() elements, whose arithmetic differs (see
+// optim_math.h); we reproduce that split exactly (Vec::size() = vector bytes / element size, 32 bytes for
+// torch's AVX2 kernels, 64 for AVX512), so the result does not depend on how we parallelise or vectorise.
+// The hot loops are compiled a second time for AVX2+FMA (function attribute, chosen at run time) so that the
+// fma of the lerp is a single instruction; the portable build calls std::fma (same bits, slower).
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/Version.h>
+#include <c10/util/BFloat16.h>
+#include <c10/util/Half.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <vector>
+
+#include "../optim_math.h"
+#include "../program.h"
+
+namespace warmup_fused {
+namespace {
+
+constexpr int64_t kChunk = 1 << 15;  // elements per parallel work item (a multiple of every vector width)
+
+int64_t vector_bytes() {
+  static const int64_t bytes = [] {
+    // "AVX512", "AVX2", "DEFAULT", ...: the kernels torch's dispatcher picked on this machine.
+    return at::get_cpu_capability().find("AVX512") != std::string::npos ? int64_t(64) : int64_t(32);
+  }();
+  return bytes;
+}
+
+template <class scalar_t>
+using opmath_of = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
+
+struct AdamTensorArgs {
+  void *p, *g, *m, *v, *vmax;
+  int64_t numel, vec_end;
+  int64_t group;
+  float step;
+};
+
+template <class scalar_t, bool kAdamW>
+inline void adam_range(const AdamTensorArgs& t, const AdamCpuScalars<opmath_of<scalar_t>>& s, const float* gs,
+                       int64_t begin, int64_t end) {
+  using T = opmath_of<scalar_t>;
+  auto* p = static_cast<scalar_t*>(t.p);
+  auto* g = static_cast<scalar_t*>(t.g);
+  auto* m = static_cast<scalar_t*>(t.m);
+  auto* v = static_cast<scalar_t*>(t.v);
+  auto* vm = static_cast<scalar_t*>(t.vmax);
+  const T scale = gs ? T(*gs) : T(1);
+  const int64_t mid = std::clamp(t.vec_end, begin, end);
+  auto body = [&](int64_t i, auto vec_tag) {
+    constexpr bool kVec = decltype(vec_tag)::value;
+    T gi = T(g[i]);
+    if (gs) {
+      gi = gi / scale;
+      g[i] = scalar_t(gi);
+    }
+    T pi = T(p[i]), mi = T(m[i]), vi = T(v[i]);
+    T vmi = s.amsgrad ? T(vm[i]) : T(0);
+    adam_cpu_update<T, kVec, kAdamW>(pi, gi, mi, vi, vmi, s);
+    p[i] = scalar_t(pi);
+    m[i] = scalar_t(mi);
+    v[i] = scalar_t(vi);
+    if (s.amsgrad) vm[i] = scalar_t(vmi);
+  };
+  for (int64_t i = begin; i < mid; ++i) body(i, std::true_type{});
+  for (int64_t i = mid; i < end; ++i) body(i, std::false_type{});
+}
+
+template <class scalar_t>
+inline void sgd_range(void* pv, void* gv, void* bv, bool first, const SgdScalars<opmath_of<scalar_t>>& s,
+                      const float* gs, int64_t begin, int64_t end, int64_t vec_end) {
+  using T = opmath_of<scalar_t>;
+  auto* p = static_cast<scalar_t*>(pv);
+  auto* g = static_cast<scalar_t*>(gv);
+  auto* b = static_cast<scalar_t*>(bv);
+  const T scale = gs ? T(*gs) : T(1);
+  auto body = [&](int64_t i, auto vec_tag) {
+    constexpr bool kVec = decltype(vec_tag)::value;
+    T gi = T(g[i]);
+    if (gs) {
+      gi = gi / scale;
+      g[i] = scalar_t(gi);
+    }
+    T pi = T(p[i]);
+    T bi = (s.has_momentum && !first) ? T(b[i]) : T(0);
+    sgd_cpu_update<T, kVec>(pi, gi, bi, first, s);
+    p[i] = scalar_t(pi);
+    if (s.has_momentum) b[i] = scalar_t(bi);
+  };
+  const int64_t mid = std::clamp(vec_end, begin, end);
+  for (int64_t i = begin; i < mid; ++i) body(i, std::true_type{});
+  for (int64_t i = mid; i < end; ++i) body(i, std::false_type{});
+}
+
+#if defined(__GNUC__) && defined(__x86_64__)
+#define WF_HAVE_AVX2_CLONE 1
+template <class scalar_t, bool kAdamW>
+__attribute__((target("avx2,fma"))) void adam_range_avx2(const AdamTensorArgs& t,
+                                                         const AdamCpuScalars<opmath_of<scalar_t>>& s,
+                                                         const float* gs, int64_t begin, int64_t end) {
+  adam_range<scalar_t, kAdamW>(t, s, gs, begin, end);
+}
+template <class scalar_t>
+__attribute__((target("avx2,fma"))) void sgd_range_avx2(void* p, void* g, void* b, bool first,
+                                                        const SgdScalars<opmath_of<scalar_t>>& s, const float* gs,
+                                                        int64_t begin, int64_t end, int64_t vec_end) {
+  sgd_range<scalar_t>(p, g, b, first, s, gs, begin, end, vec_end);
+}
+bool have_avx2_fma() {
+  static const bool ok = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  return ok;
+}
+#endif
+
+template <class scalar_t, bool kAdamW>
+void adam_range_dispatch(const AdamTensorArgs& t, const AdamCpuScalars<opmath_of<scalar_t>>& s, const float* gs,
+                         int64_t begin, int64_t end) {
+#ifdef WF_HAVE_AVX2_CLONE
+  if (have_avx2_fma()) return adam_range_avx2<scalar_t, kAdamW>(t, s, gs, begin, end);
+#endif
+  adam_range<scalar_t, kAdamW>(t, s, gs, begin, end);
+}
+
+template <class scalar_t>
+void sgd_range_dispatch(void* p, void* g, void* b, bool first, const SgdScalars<opmath_of<scalar_t>>& s,
+                        const float* gs, int64_t begin, int64_t end, int64_t vec_end) {
+#ifdef WF_HAVE_AVX2_CLONE
+  if (have_avx2_fma()) return sgd_range_avx2<scalar_t>(p, g, b, first, s, gs, begin, end, vec_end);
+#endif
+  sgd_range<scalar_t>(p, g, b, first, s, gs, begin, end, vec_end);
+}
+
+// ------------------------------------------------------------------------------------------- shared checks
+
+void check_same(const at::Tensor& ref, const at::Tensor& t, const char* what, size_t i) {
+  TORCH_CHECK_VALUE(t.device() == ref.device(), what, "[", i, "] is on ", t.device(), ", its param on ",
+                    ref.device());
+  TORCH_CHECK_TYPE(t.scalar_type() == ref.scalar_type(), what, "[", i, "] is ", t.scalar_type(), ", its param ",
+                   ref.scalar_type());
+  TORCH_CHECK_VALUE(t.sizes() == ref.sizes(), what, "[", i, "] has shape ", t.sizes(), ", its param ", ref.sizes());
+  TORCH_CHECK_VALUE(t.is_contiguous(), what, "[", i, "] must be contiguous");
+}
+
+void check_param(const at::Tensor& p, size_t i) {
+  TORCH_CHECK_VALUE(p.device().is_cpu(), "params[", i, "] is on ", p.device(), "; this kernel runs on the CPU");
+  TORCH_CHECK_TYPE(p.scalar_type() == at::kFloat || p.scalar_type() == at::kDouble ||
+                       p.scalar_type() == at::kHalf || p.scalar_type() == at::kBFloat16,
+                   "params[", i, "]: unsupported dtype ", p.scalar_type(),
+                   " (float32, float64, float16 and bfloat16 are supported)");
+  TORCH_CHECK_VALUE(p.is_contiguous(), "params[", i, "] must be contiguous");
+}
+
+// Reads the schedule step, evaluates every group's LR (written to last_lr) and returns them.
+std::vector<double> eval_lrs(const at::Tensor& sched_step, const at::Tensor& last_lr, const at::Tensor& ints,
+                             const at::Tensor& vals, const at::Tensor& hparams, int64_t k) {
+  validate_program(ints, vals);
+  const int64_t groups = ints.data_ptr<int64_t>()[0];
+  TORCH_CHECK_TYPE(sched_step.scalar_type() == at::kLong && sched_step.numel() == 1 && sched_step.device().is_cpu(),
+                   "sched_step must be a CPU int64 tensor with one element");
+  TORCH_CHECK_TYPE(last_lr.scalar_type() == at::kDouble && last_lr.numel() == groups && last_lr.is_contiguous() &&
+                       last_lr.device().is_cpu(),
+                   "last_lr must be a contiguous CPU float64 tensor with one element per group (", groups, ")");
+  TORCH_CHECK_TYPE(hparams.scalar_type() == at::kDouble && hparams.dim() == 2 && hparams.size(0) == groups &&
+                       hparams.size(1) == k && hparams.is_contiguous() && hparams.device().is_cpu(),
+                   "hparams must be a contiguous CPU float64 tensor of shape [", groups, ", ", k, "], got ",
+                   hparams.sizes());
+  const int64_t step = *sched_step.data_ptr<int64_t>();
+  std::vector<double> lrs(groups);
+  double* out = last_lr.data_ptr<double>();
+  for (int64_t g = 0; g < groups; ++g) out[g] = lrs[g] = schedule_lr(ints.data_ptr<int64_t>(), vals.data_ptr<double>(), g, step);
+  return lrs;
+}
+
+const float* scalar_ptr(const std::optional<at::Tensor>& t, const char* name) {
+  if (!t.has_value() || !t->defined()) return nullptr;
+  TORCH_CHECK_TYPE(t->scalar_type() == at::kFloat && t->numel() == 1 && t->device().is_cpu(), name,
+                   " must be a CPU float32 tensor with one element");
+  return t->data_ptr<float>();
+}
+
+void check_groups(at::IntArrayRef tensor_group, size_t n, int64_t groups) {
+  TORCH_CHECK_VALUE(tensor_group.size() == n, "tensor_group has ", tensor_group.size(), " entries for ", n,
+                    " params");
+  for (size_t i = 0; i < n; ++i)
+    TORCH_CHECK_VALUE(tensor_group[i] >= 0 && tensor_group[i] < groups, "tensor_group[", i, "] = ", tensor_group[i],
+                      " is not a group of the schedule (", groups, " groups)");
+}
+
+struct Work {
+  int64_t tensor, begin, end;
+};
+
+std::vector<Work> make_work(const std::vector<int64_t>& numels) {
+  std::vector<Work> work;
+  for (size_t i = 0; i < numels.size(); ++i)
+    for (int64_t b = 0; b < numels[i]; b += kChunk) work.push_back({int64_t(i), b, std::min(numels[i], b + kChunk)});
+  return work;
+}
+
+// ------------------------------------------------------------------------------------------------ adam_step
+
+void adam_step_cpu(at::TensorList params, at::TensorList grads, at::TensorList exp_avgs, at::TensorList exp_avg_sqs,
+                   at::TensorList max_exp_avg_sqs, at::TensorList state_steps, const at::Tensor& sched_step,
+                   const at::Tensor& last_lr, const at::Tensor& ints, const at::Tensor& vals,
+                   const at::Tensor& hparams, at::IntArrayRef tensor_group, bool adamw,
+                   const std::optional<at::Tensor>& grad_scale, const std::optional<at::Tensor>& found_inf) {
+  const size_t n = params.size();
+  TORCH_CHECK_VALUE(grads.size() == n && exp_avgs.size() == n && exp_avg_sqs.size() == n && state_steps.size() == n,
+                    "params, grads, exp_avgs, exp_avg_sqs and state_steps must have the same length");
+  TORCH_CHECK_VALUE(max_exp_avg_sqs.empty() || max_exp_avg_sqs.size() == n,
+                    "max_exp_avg_sqs must be empty or have one tensor per param");
+  const std::vector<double> lrs = eval_lrs(sched_step, last_lr, ints, vals, hparams, kAdamHparams);
+  const int64_t groups = int64_t(lrs.size());
+  check_groups(tensor_group, n, groups);
+  const double* hp = hparams.data_ptr<double>();
+  for (size_t i = 0; i < n; ++i) {
+    check_param(params[i], i);
+    check_same(params[i], grads[i], "grads", i);
+    check_same(params[i], exp_avgs[i], "exp_avgs", i);
+    check_same(params[i], exp_avg_sqs[i], "exp_avg_sqs", i);
+    if (hp[tensor_group[i] * kAdamHparams + kAmsgrad] != 0.0) {
+      TORCH_CHECK_VALUE(!max_exp_avg_sqs.empty(), "params[", i, "] uses amsgrad but max_exp_avg_sqs is empty");
+      check_same(params[i], max_exp_avg_sqs[i], "max_exp_avg_sqs", i);
+    }
+    TORCH_CHECK_TYPE(state_steps[i].scalar_type() == at::kFloat && state_steps[i].numel() == 1 &&
+                         state_steps[i].device().is_cpu(),
+                     "state_steps[", i, "] must be a CPU float32 tensor with one element");
+  }
+  const float* gs = scalar_ptr(grad_scale, "grad_scale");
+  const float* fi = scalar_ptr(found_inf, "found_inf");
+  const bool skip = fi && *fi != 0.0f;
+  if (!skip && n > 0) {
+    std::vector<AdamTensorArgs> args(n);
+    std::vector<int64_t> numels(n);
+    for (size_t i = 0; i < n; ++i) {
+      float* st = state_steps[i].data_ptr<float>();
+      *st = *st + 1.0f;  // torch: _foreach_add_(state_steps, 1) before the update
+      const int64_t numel = params[i].numel();
+      const int64_t vw = vector_bytes() / int64_t(params[i].element_size());
+      const bool ams = hp[tensor_group[i] * kAdamHparams + kAmsgrad] != 0.0;
+      args[i] = {params[i].data_ptr(), grads[i].data_ptr(), exp_avgs[i].data_ptr(), exp_avg_sqs[i].data_ptr(),
+                 ams ? max_exp_avg_sqs[i].data_ptr() : nullptr, numel, numel - numel % vw, tensor_group[i], *st};
+      numels[i] = numel;
+    }
+    const std::vector<Work> work = make_work(numels);
+    at::parallel_for(0, int64_t(work.size()), 1, [&](int64_t wb, int64_t we) {
+      for (int64_t w = wb; w < we; ++w) {
+        const Work& job = work[w];
+        const AdamTensorArgs& t = args[job.tensor];
+        const double* h = hp + t.group * kAdamHparams;
+        AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, params[job.tensor].scalar_type(), "adam_step_cpu",
+                                        [&] {
+          using T = opmath_of<scalar_t>;
+          const auto s = adam_cpu_scalars<T>(lrs[t.group], h[kBeta1], h[kBeta2], h[kEps], h[kWeightDecay],
+                                             h[kAmsgrad] != 0.0, h[kMaximize] != 0.0, t.step);
+          if (adamw) adam_range_dispatch<scalar_t, true>(t, s, gs, job.begin, job.end);
+          else adam_range_dispatch<scalar_t, false>(t, s, gs, job.begin, job.end);
+        });
+      }
+    });
+  }
+  int64_t* ss = sched_step.data_ptr<int64_t>();
+  *ss = *ss + 1;
+}
+
+// ------------------------------------------------------------------------------------------------- sgd_step
+
+void sgd_step_cpu(at::TensorList params, at::TensorList grads, at::TensorList momentum_buffers,
+                  const at::Tensor& sched_step, const at::Tensor& last_lr, const at::Tensor& ints,
+                  const at::Tensor& vals, const at::Tensor& hparams, at::IntArrayRef tensor_group,
+                  c10::List<bool> is_first_step, const std::optional<at::Tensor>& grad_scale,
+                  const std::optional<at::Tensor>& found_inf) {
+  const size_t n = params.size();
+  TORCH_CHECK_VALUE(grads.size() == n, "params and grads must have the same length");
+  TORCH_CHECK_VALUE(momentum_buffers.empty() || momentum_buffers.size() == n,
+                    "momentum_buffers must be empty or have one tensor per param");
+  TORCH_CHECK_VALUE(is_first_step.size() == 0 || is_first_step.size() == n,
+                    "is_first_step must be empty or have one flag per param");
+  const std::vector<double> lrs = eval_lrs(sched_step, last_lr, ints, vals, hparams, kSgdHparams);
+  check_groups(tensor_group, n, int64_t(lrs.size()));
+  const double* hp = hparams.data_ptr<double>();
+  for (size_t i = 0; i < n; ++i) {
+    check_param(params[i], i);
+    check_same(params[i], grads[i], "grads", i);
+    if (hp[tensor_group[i] * kSgdHparams + kMomentum] != 0.0) {
+      TORCH_CHECK_VALUE(!momentum_buffers.empty(), "params[", i, "] uses momentum but momentum_buffers is empty");
+      check_same(params[i], momentum_buffers[i], "momentum_buffers", i);
+    }
+  }
+  const float* gs = scalar_ptr(grad_scale, "grad_scale");
+  const float* fi = scalar_ptr(found_inf, "found_inf");
+  const bool skip = fi && *fi != 0.0f;
+  if (!skip && n > 0) {
+    std::vector<int64_t> numels(n);
+    for (size_t i = 0; i < n; ++i) numels[i] = params[i].numel();
+    const std::vector<Work> work = make_work(numels);
+    at::parallel_for(0, int64_t(work.size()), 1, [&](int64_t wb, int64_t we) {
+      for (int64_t w = wb; w < we; ++w) {
+        const Work& job = work[w];
+        const int64_t i = job.tensor;
+        const int64_t grp = tensor_group[i];
+        const double* h = hp + grp * kSgdHparams;
+        const bool has_m = h[kMomentum] != 0.0;
+        const bool first = is_first_step.size() ? bool(is_first_step.get(i)) : false;
+        AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, params[i].scalar_type(), "sgd_step_cpu", [&] {
+          using T = opmath_of<scalar_t>;
+          const auto s = sgd_scalars<T>(lrs[grp], h[kMomentum], h[kDampening], h[kSgdWeightDecay],
+                                        h[kNesterov] != 0.0, h[kSgdMaximize] != 0.0);
+          sgd_range_dispatch<scalar_t>(params[i].data_ptr(), grads[i].data_ptr(),
+                                       has_m ? momentum_buffers[i].data_ptr() : nullptr, first, s, gs, job.begin,
+                                       job.end, numels[i] - numels[i] % (vector_bytes() / params[i].element_size()));
+        });
+      }
+    });
+  }
+  int64_t* ss = sched_step.data_ptr<int64_t>();
+  *ss = *ss + 1;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(warmup_fused, CPU, m) {
+  m.impl("adam_step", &adam_step_cpu);
+  m.impl("sgd_step", &sgd_step_cpu);
+}
+
+}  // namespace warmup_fused

@@ -1,0 +1,206 @@
+// Per-element AdamW / Adam / SGD updates, shared by the CPU and CUDA kernels (host+device).
+//
+// Bit parity is the point of this file: each function reproduces, operation for operation, the arithmetic
+// of one of torch's fused kernels, so that fed the same learning rate our params and states are bit-identical
+// to torch.optim.{Adam,AdamW,SGD}(fused=True) on the same device.
+//
+//  * CPU (aten/src/ATen/native/cpu/FusedAdamKernel.cpp, FusedSGDKernel.cpp): every scalar is computed in
+//    double and cast to the opmath type (float for fp32/fp16/bf16, double for fp64) per operation. Elements
+//    in the Vectorized main loop and in the scalar tail (the last numel % Vec::size() elements of a tensor)
+//    are compiled with different FMA contractions by GCC; `kVec` selects which (details at adam_cpu_update).
+//  * CUDA (aten/src/ATen/native/cuda/fused_adam_utils.cuh, FusedSgdKernel.cu): torch builds with nvcc's default
+//    -fmad=true, so its a*b+c are contracted to FMA; we build with -fmad=false and write those fma() explicitly.
+//
+// Host code is built with -ffp-contract=off and device code with -fmad=false: nothing here is contracted
+// unless it says fma.
+#pragma once
+
+#include <cmath>
+#include <cstdint>
+
+#include "schedule.h"
+
+namespace warmup_fused {
+
+// Hyperparameter columns of the float64 [G, k] tables the ops take.
+enum AdamHparam : int { kBeta1 = 0, kBeta2, kEps, kWeightDecay, kAmsgrad, kMaximize, kAdamHparams };
+enum SgdHparam : int { kMomentum = 0, kDampening, kSgdWeightDecay, kNesterov, kSgdMaximize, kSgdHparams };
+
+// NaN-propagating max, like at::vec::maximum (std::max would keep the first operand when either is NaN).
+template <class T>
+WF_HOST_DEVICE T nan_max(T a, T b) {
+  return (a != a || b != b) ? (a + b) : (a < b ? b : a);
+}
+
+// ------------------------------------------------------------------------------------------------- CPU (torch)
+
+// Scalars of one CPU Adam step for one tensor, in the opmath type T, derived exactly as torch's CPU kernel does.
+template <class T>
+struct AdamCpuScalars {
+  T beta2, c2, lerp_w, bc2_sqrt, eps, wd, neg_step_size, step_size, decay;  // decay = T(1 - lr*wd)
+  bool has_wd, maximize, amsgrad;
+};
+
+template <class T>
+WF_HOST_DEVICE AdamCpuScalars<T> adam_cpu_scalars(double lr, double beta1, double beta2, double eps, double wd,
+                                                  bool amsgrad, bool maximize, float step_f) {
+  const double step = double(step_f);  // torch: state_step.item<float>()
+  const double bias_correction1 = 1 - std::pow(beta1, step);
+  const double bias_correction2 = 1 - std::pow(beta2, step);
+  const double step_size = lr / bias_correction1;
+  AdamCpuScalars<T> s;
+  s.beta2 = T(beta2);
+  s.c2 = T(1 - beta2);
+  s.lerp_w = T(1 - beta1);
+  s.bc2_sqrt = T(std::sqrt(bias_correction2));
+  s.eps = T(eps);
+  s.wd = T(wd);
+  s.neg_step_size = T(-step_size);
+  s.step_size = T(step_size);
+  s.decay = T(1 - lr * wd);
+  s.has_wd = wd != 0.0;
+  s.maximize = maximize;
+  s.amsgrad = amsgrad;
+  return s;
+}
+
+// One element. p, m, v, vmax are opmath values (loaded and stored by the caller); g is the already unscaled grad.
+// kVec: the element lies in torch's Vectorized main loop (true fma in the lerp); else in its scalar tail.
+// One element. p, m, v, vmax are opmath values (loaded and stored by the caller); g is the already unscaled grad.
+// kVec: the element lies in torch's Vectorized main loop; else in its scalar tail.
+//
+// torch compiles its AVX2/AVX512 kernels with GCC's default -ffp-contract=fast and -mfma, so GCC fuses some of
+// the source's a*b+c into FMA, and it fuses the vector loop and the scalar tail differently. The fma() calls
+// below are those contractions, found by comparing bit for bit with torch 2.14.1 (all four dtypes, sizes
+// 1..70001, every flag combination: tests/test_optim.py):
+//   grad + param*wd                      -> fma(param, wd, grad)               (both paths)
+//   exp_avg lerp                         -> fma (vector: explicit vec::fmadd; tail: contracted)
+//   exp_avg_sq*beta2 + (c2*grad)*grad    -> vector: fma(c2*grad, grad, exp_avg_sq*beta2)
+//                                           tail:   fma(exp_avg_sq, beta2, (c2*grad)*grad)
+template <class T, bool kVec, bool kAdamW>
+WF_HOST_DEVICE void adam_cpu_update(T& p, T g, T& m, T& v, T& vmax, const AdamCpuScalars<T>& s) {
+  if (s.maximize) g = -g;  // vector loop: g * -1, same value
+  if (s.has_wd) {
+    if (kAdamW) p = p * s.decay;
+    else g = std::fma(p, s.wd, g);
+  }
+  // exp_avg.lerp_(grad, 1 - beta1). Tail: m + w*(g-m), or g - (g-m)*(1-w), contracted; -(1-w) == w-1 exactly.
+  const T w = s.lerp_w;
+  m = std::abs(w) < T(0.5) ? std::fma(w, g - m, m) : std::fma(w - T(1), g - m, g);
+  if (kVec) v = std::fma(s.c2 * g, g, v * s.beta2);
+  else v = std::fma(v, s.beta2, s.c2 * g * g);
+  T denom;
+  if (s.amsgrad) {
+    vmax = nan_max(vmax, v);
+    denom = std::sqrt(vmax) / s.bc2_sqrt + s.eps;
+  } else {
+    denom = std::sqrt(v) / s.bc2_sqrt + s.eps;
+  }
+  // Vector loop: p + (-step_size) * m / denom; tail: p - step_size * m / denom. Identical in IEEE arithmetic.
+  p = p + s.neg_step_size * m / denom;
+}
+
+template <class T>
+struct SgdScalars {
+  T wd, momentum, one_minus_dampening, neg_lr, lr;
+  bool has_wd, has_momentum, nesterov, maximize;
+};
+
+template <class T>
+WF_HOST_DEVICE SgdScalars<T> sgd_scalars(double lr, double momentum, double dampening, double wd, bool nesterov,
+                                         bool maximize) {
+  SgdScalars<T> s;
+  s.wd = T(wd);
+  s.momentum = T(momentum);
+  s.one_minus_dampening = T(1 - dampening);
+  s.neg_lr = T(-lr);
+  s.lr = T(lr);
+  s.has_wd = wd != 0.0;
+  s.has_momentum = momentum != 0.0;
+  s.nesterov = nesterov;
+  s.maximize = maximize;
+  return s;
+}
+
+// torch's CPU fused SGD, with GCC's contractions (see adam_cpu_update), measured the same way:
+//   grad + param*wd, grad + buf*momentum, param - grad*lr   -> fma (both paths)
+//   buf*momentum + grad*(1-dampening)  -> vector: fma(grad, 1-dampening, buf*momentum)
+//                                         tail:   fma(buf, momentum, grad*(1-dampening))
+template <class T, bool kVec>
+WF_HOST_DEVICE void sgd_cpu_update(T& p, T g, T& buf, bool first, const SgdScalars<T>& s) {
+  if (s.maximize) g = -g;
+  if (s.has_wd) g = std::fma(p, s.wd, g);
+  if (s.has_momentum) {
+    if (first) buf = g;
+    else if (kVec) buf = std::fma(g, s.one_minus_dampening, buf * s.momentum);
+    else buf = std::fma(buf, s.momentum, g * s.one_minus_dampening);
+    g = s.nesterov ? std::fma(buf, s.momentum, g) : buf;
+  }
+  p = std::fma(g, s.neg_lr, p);  // vector: p + g*(-lr); tail: p - g*lr: the same contraction value
+}
+
+// ------------------------------------------------------------------------------------------------ CUDA (torch)
+// Mirrors torch's FusedAdamMathFunctor (opmath float for fp32/fp16/bf16): every hyperparameter cast to the
+// opmath type, bias corrections from the float step in opmath with pow, nvcc's contractions written as fma.
+
+template <class T>
+struct AdamCudaScalars {
+  T lr, beta1, beta2, wd, eps, bc1, bc2_sqrt;
+  bool has_wd, maximize, amsgrad;
+};
+
+template <class T>
+WF_HOST_DEVICE AdamCudaScalars<T> adam_cuda_scalars(double lr, double beta1, double beta2, double eps, double wd,
+                                                    bool amsgrad, bool maximize, float step_f) {
+  AdamCudaScalars<T> s;
+  s.lr = T(lr);
+  s.beta1 = T(beta1);
+  s.beta2 = T(beta2);
+  s.wd = T(wd);
+  s.eps = T(eps);
+  const T step = T(step_f);
+  s.bc1 = T(1) - T(std::pow(s.beta1, step));
+  s.bc2_sqrt = T(std::sqrt(T(1) - T(std::pow(s.beta2, step))));
+  s.has_wd = wd != 0.0;
+  s.maximize = maximize;
+  s.amsgrad = amsgrad;
+  return s;
+}
+
+template <class T, bool kAdamW>
+WF_HOST_DEVICE void adam_cuda_update(T& p, T g, T& m, T& v, T& vmax, const AdamCudaScalars<T>& s) {
+  if (s.maximize) g = -g;
+  if (s.has_wd) {
+    if (kAdamW) p = std::fma(-(s.lr * s.wd), p, p);  // param -= lr * weight_decay * param
+    else g = std::fma(p, s.wd, g);                    // grad += param * weight_decay
+  }
+  m = std::fma(s.beta1, m, std::fma(-s.beta1, g, g));
+  const T g2 = g * g;
+  v = std::fma(s.beta2, v, std::fma(-s.beta2, g2, g2));
+  const T step_size = s.lr / s.bc1;
+  T denom;
+  if (s.amsgrad) {
+    vmax = nan_max(vmax, v);
+    denom = std::sqrt(vmax) / s.bc2_sqrt + s.eps;
+  } else {
+    denom = std::sqrt(v) / s.bc2_sqrt + s.eps;
+  }
+  p = p - step_size * m / denom;
+}
+
+// torch's FusedSgdMathFunctor: hyperparameters stay double, so the arithmetic is in double (contracted by nvcc)
+// and rounded to the opmath type where torch assigns to an opmath variable.
+template <class T>
+WF_HOST_DEVICE void sgd_cuda_update(T& p, T g, T& buf, bool first, double lr, double momentum, double dampening,
+                                    double wd, bool nesterov, bool maximize) {
+  if (wd != 0.0) g = T(std::fma(wd, double(p), double(g)));  // g += weight_decay * p
+  if (momentum != 0.0) {
+    const double b = first ? double(g) : std::fma(momentum, double(buf), (1 - dampening) * double(g));
+    buf = T(b);
+    g = nesterov ? T(std::fma(momentum, b, double(g))) : T(b);
+  }
+  // maximize ? p += lr * g : p -= lr * g
+  p = maximize ? T(std::fma(lr, double(g), double(p))) : T(std::fma(-lr, double(g), double(p)));
+}
+
+}  // namespace warmup_fused

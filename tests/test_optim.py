@@ -1,0 +1,478 @@
+"""warmup_fused.AdamW / Adam / SGD against torch.optim.*(fused=True) fed the same LR sequence.
+
+CPU: params and states must be bit-identical (torch.equal) to torch's fused CPU kernels, at several checkpoints
+of a 500-step training run with a warmup+cosine reference scheduler. CUDA-marked tests compare with torch's
+fused CUDA kernels, check that step() never syncs, capture a whole training step in a CUDA graph and compile it.
+"""
+from __future__ import annotations
+
+import copy
+import math
+
+import pytest
+import torch
+from torch.optim.lr_scheduler import CosineAnnealingLR, LambdaLR, LinearLR, SequentialLR
+
+import warmup_fused
+from warmup_fused import SGD, Adam, AdamW, schedules
+
+cuda = pytest.mark.cuda
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny tensors: torch's fused CPU kernels parallelise every tensor, which only costs time on 2 busy cores.
+    Results do not depend on the thread count (each element's arithmetic is fixed)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+class MLP(torch.nn.Module):
+    """A small model with odd-sized params (none a multiple of the 8-float vector width)."""
+
+    def __init__(self):
+        super().__init__()
+        self.l1 = torch.nn.Linear(13, 37)
+        self.l2 = torch.nn.Linear(37, 5)
+        self.norm = torch.nn.LayerNorm(37)
+
+    def forward(self, x):
+        return self.l2(torch.tanh(self.norm(self.l1(x))))
+
+
+def _warmup_cosine(opt, warmup=50, total=500):
+    return SequentialLR(opt, [LinearLR(opt, 0.01, 1.0, warmup), CosineAnnealingLR(opt, total - warmup, 1e-5)],
+                        milestones=[warmup])
+
+
+def _poison(opt):
+    """Non-zero random states (never zeros) so a kernel that ignores a state cannot pass by accident."""
+    g = torch.Generator().manual_seed(1)
+    for st in opt.state.values():
+        for k, v in st.items():
+            if k != "step" and isinstance(v, torch.Tensor) and v.is_floating_point():
+                v.copy_(torch.rand(v.shape, generator=g, dtype=torch.float64).to(v.dtype) * 1e-2 + 1e-3)
+
+
+def _assert_same(ours_model, ours_opt, ref_model, ref_opt, where=""):
+    for (name, p), q in zip(ours_model.named_parameters(), ref_model.parameters()):
+        assert torch.equal(p, q), f"{where} param {name}: max |diff| {(p - q).abs().max().item()}"
+        so, sr = ours_opt.state[p], ref_opt.state[q]
+        assert set(so) == set(sr), f"{where} {name}: state keys {set(so)} vs {set(sr)}"
+        for k in sr:
+            a, b = so[k], sr[k]
+            assert a.dtype == b.dtype and torch.equal(a.cpu(), b.cpu()), f"{where} {name} state {k}"
+
+
+def _train_pair(make_ours, make_ref, steps=500, checks=(1, 7, 50, 200, 500), device="cpu", poison_at=3,
+                seed=0):
+    torch.manual_seed(seed)
+    model = MLP().to(device)
+    ref_model = copy.deepcopy(model)
+    ref_opt = make_ref(ref_model.parameters())
+    sched = _warmup_cosine(ref_opt, total=steps)
+    ours = make_ours(model.parameters(), schedules.from_torch(_warmup_cosine(make_ref([torch.zeros(1,
+                     requires_grad=True)]), total=steps), horizon=steps + 1))
+    x = torch.randn(64, 13, device=device)
+    y = torch.randn(64, 5, device=device)
+    for t in range(1, steps + 1):
+        xb = x + 0.01 * t
+        loss = torch.nn.functional.mse_loss(model(xb), y)
+        model.zero_grad(set_to_none=True)
+        loss.backward()
+        for p, q in zip(model.parameters(), ref_model.parameters()):
+            q.grad = p.grad.clone()
+        lr_ref = [g["lr"] for g in ref_opt.param_groups]
+        ours.step()
+        ref_opt.step()
+        sched.step()
+        assert ours.last_lr().tolist() == lr_ref, f"step {t}: LR {ours.last_lr().tolist()} vs {lr_ref}"
+        if t == poison_at:
+            _poison(ref_opt)
+            for (p, q) in zip(model.parameters(), ref_model.parameters()):
+                for k, v in ref_opt.state[q].items():
+                    if k != "step":
+                        ours.state[p][k].copy_(v)
+        if t in checks:
+            _assert_same(model, ours, ref_model, ref_opt, where=f"step {t}:")
+    return model, ours, ref_model, ref_opt
+
+
+# Every combination of amsgrad, maximize and weight decay for both classes.
+ADAM_CASES = [(cls, dict(amsgrad=a, maximize=m, weight_decay=wd))
+              for cls in ("AdamW", "Adam") for a in (False, True) for m in (False, True) for wd in (0.0, 0.1)]
+
+
+@pytest.mark.parametrize("cls, kw", ADAM_CASES,
+                         ids=lambda c: c if isinstance(c, str) else "-".join(f"{k}={v}" for k, v in c.items()))
+def test_adam_bit_parity_500_steps(cls, kw):
+    ref_cls = getattr(torch.optim, cls)
+    ours_cls = getattr(warmup_fused, cls)
+    kw = dict(kw, betas=(0.9, 0.95), eps=1e-8)
+    _train_pair(lambda ps, s: ours_cls(ps, lr=3e-3, schedule=s, **kw),
+                lambda ps: ref_cls(ps, lr=3e-3, fused=True, **kw))
+
+
+SGD_CASES = [
+    dict(momentum=0.0, weight_decay=0.0),
+    dict(momentum=0.9, weight_decay=0.0),
+    dict(momentum=0.9, nesterov=True, weight_decay=1e-2),
+    dict(momentum=0.9, dampening=0.3, weight_decay=1e-2),
+]
+
+
+@pytest.mark.parametrize("kw", SGD_CASES, ids=lambda kw: "-".join(f"{k}={v}" for k, v in kw.items()))
+def test_sgd_bit_parity_500_steps(kw):
+    _train_pair(lambda ps, s: SGD(ps, lr=0.05, schedule=s, **kw),
+                lambda ps: torch.optim.SGD(ps, lr=0.05, fused=True, **kw))
+
+
+SIZES = [1, 7, 8, 15, 16, 17, 33, 1000, 4099, 70001]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("cls", ["AdamW", "Adam", "SGD"])
+def test_kernel_parity_sizes_and_dtypes(cls, dtype):
+    """Every vector/tail split (sizes 1..70001, several 32K-element work chunks) and every dtype."""
+    torch.manual_seed(0)
+    kw = (dict(momentum=0.9, dampening=0.1, weight_decay=0.01, maximize=True) if cls == "SGD"
+          else dict(weight_decay=0.1, amsgrad=True, betas=(0.3, 0.99)))
+    ps = [torch.randn(n, dtype=dtype) for n in SIZES]
+    ref = [p.clone().requires_grad_() for p in ps]
+    ours = [p.clone() for p in ps]
+    ref_opt = getattr(torch.optim, cls)(ref, lr=1e-2, fused=True, **kw)
+    opt = getattr(warmup_fused, cls)(ours, lr=1e-2, **kw)
+    for _ in range(4):
+        gs = [torch.randn(n, dtype=dtype) for n in SIZES]
+        for a, b, g in zip(ours, ref, gs):
+            a.grad, b.grad = g.clone(), g.clone()
+        opt.step()
+        ref_opt.step()
+    for a, b in zip(ours, ref):
+        assert torch.equal(a, b.detach())
+        for k, v in ref_opt.state[b].items():
+            assert torch.equal(opt.state[a][k], v), k
+
+
+def test_multi_group_schedule_and_last_lr():
+    """Two groups with different base LRs and hyperparameters, one op call; LR at step t == schedule at t."""
+    torch.manual_seed(0)
+    a, b = torch.randn(10), torch.randn(3, 3)
+    s = schedules.linear_decay(20, warmup=5)  # one group, closed form: bound to each group's base LR
+    opt = AdamW([{"params": [a]}, {"params": [b], "lr": 0.5, "weight_decay": 0.0, "amsgrad": True}], lr=0.1,
+                schedule=s)
+    expect = schedules.linear_decay(20, warmup=5, base_lr=[0.1, 0.5]).lr_at(range(12))
+    assert torch.equal(opt.schedule.lr_at(range(12)), expect)
+    for t in range(12):
+        a.grad, b.grad = torch.randn_like(a), torch.randn_like(b)
+        opt.step()
+        assert torch.equal(opt.last_lr(), expect[:, t])
+    assert int(opt.sched_step()) == 12
+
+
+def _run(opt_cls, model, steps, sched_fn=None, **kw):
+    opt = opt_cls(model.parameters(), **kw)
+    sched = sched_fn(opt) if sched_fn else None
+    torch.manual_seed(123)
+    for _ in range(steps):
+        for p in model.parameters():
+            p.grad = torch.randn_like(p)
+        opt.step()
+        if sched:
+            sched.step()
+    return opt, sched
+
+
+def test_state_dict_torch_to_ours_and_back_mid_warmup():
+    torch.manual_seed(0)
+    warm = lambda o: LinearLR(o, 0.1, 1.0, 20)  # noqa: E731
+    m_ref = MLP()
+    m_ours = copy.deepcopy(m_ref)
+    # torch for 7 steps (mid-warmup), then continue in ours from its checkpoint
+    ref_opt, ref_sched = _run(torch.optim.AdamW, m_ref, 7, warm, lr=1e-2, fused=True)
+    sd = copy.deepcopy(ref_opt.state_dict())
+    schedule = schedules.from_torch(warm(torch.optim.AdamW([torch.zeros(1, requires_grad=True)], lr=1e-2)),
+                                    horizon=40)
+    m_ours.load_state_dict(m_ref.state_dict())
+    ours = AdamW(m_ours.parameters(), lr=1e-2, schedule=schedule)
+    ours.load_state_dict(sd)
+    assert int(ours.sched_step()) == 7
+    for t in range(10):
+        g = [torch.randn_like(p) for p in m_ref.parameters()]
+        for p, q, gi in zip(m_ours.parameters(), m_ref.parameters(), g):
+            p.grad, q.grad = gi.clone(), gi.clone()
+        lr = ref_opt.param_groups[0]["lr"]
+        ours.step()
+        ref_opt.step()
+        ref_sched.step()
+        assert ours.last_lr().tolist() == [lr]
+    _assert_same(m_ours, ours, m_ref, ref_opt)
+    # ours -> torch: torch's AdamW loads our checkpoint and continues identically at the same LR
+    sd2 = copy.deepcopy(ours.state_dict())  # state_dict() holds live tensors, as torch's does
+    assert sd2["warmup_fused"] == {"sched_step": 17}
+    assert sd2["param_groups"][0]["lr"] == ref_opt.param_groups[0]["lr"]
+    m3 = copy.deepcopy(m_ours)
+    t_opt = torch.optim.AdamW(m3.parameters(), lr=1e-2, fused=True)
+    t_opt.load_state_dict(sd2)
+    assert t_opt.param_groups[0]["decoupled_weight_decay"] is True
+    for p, q in zip(m3.parameters(), m_ours.parameters()):
+        g = torch.randn_like(p)
+        p.grad, q.grad = g.clone(), g.clone()
+    t_opt.step()
+    ours.step()
+    _assert_same(m_ours, ours, m3, t_opt)
+
+
+def test_state_dict_resume_ours_identical_continuation():
+    torch.manual_seed(0)
+    sched = schedules.linear_decay(30, warmup=8)
+    m1 = MLP()
+    m2 = copy.deepcopy(m1)
+    o1 = SGD(m1.parameters(), lr=0.1, momentum=0.9, schedule=sched)
+    grads = [[torch.randn_like(p) for p in m1.parameters()] for _ in range(20)]
+    for t in range(10):
+        for p, g in zip(m1.parameters(), grads[t]):
+            p.grad = g.clone()
+        o1.step()
+    sd = copy.deepcopy(o1.state_dict())
+    m2.load_state_dict(m1.state_dict())
+    o2 = SGD(m2.parameters(), lr=0.1, momentum=0.9, schedule=sched)
+    o2.load_state_dict(sd)
+    for t in range(10, 20):
+        for p, q, g in zip(m1.parameters(), m2.parameters(), grads[t]):
+            p.grad, q.grad = g.clone(), g.clone()
+        o1.step()
+        o2.step()
+        assert torch.equal(o1.last_lr(), o2.last_lr())
+    for p, q in zip(m1.parameters(), m2.parameters()):
+        assert torch.equal(p, q)
+        assert torch.equal(o1.state[p]["momentum_buffer"], o2.state[q]["momentum_buffer"])
+
+
+@pytest.mark.parametrize("make, match", [
+    (lambda ps: AdamW(ps, lr=-1), "Invalid learning rate: -1"),
+    (lambda ps: AdamW(ps, betas=(1.0, 0.9)), "Invalid beta parameter at index 0"),
+    (lambda ps: Adam(ps, betas=(0.9, -0.1)), "Invalid beta parameter at index 1"),
+    (lambda ps: Adam(ps, eps=-1e-8), "Invalid epsilon value"),
+    (lambda ps: AdamW(ps, weight_decay=-1), "Invalid weight_decay value"),
+    (lambda ps: SGD(ps, momentum=-0.1), "Invalid momentum value"),
+    (lambda ps: SGD(ps, lr=0.1, nesterov=True), "Nesterov momentum requires a momentum"),
+    (lambda ps: SGD(ps, lr=0.1, momentum=0.9, dampening=0.1, nesterov=True), "zero dampening"),
+])
+def test_invalid_arguments(make, match):
+    with pytest.raises(ValueError, match=match):
+        make([torch.zeros(3, requires_grad=True)])
+
+
+def test_schedule_group_count_mismatch():
+    s2 = schedules.from_torch(LinearLR(torch.optim.SGD([{"params": [torch.zeros(1)]},
+                                                        {"params": [torch.zeros(1)], "lr": 0.5}], lr=1.0), 0.1))
+    with pytest.raises(ValueError, match="schedule: has 2 groups"):
+        AdamW([torch.zeros(3, requires_grad=True)], schedule=s2)
+    with pytest.raises(TypeError, match="schedule must be"):
+        AdamW([torch.zeros(3, requires_grad=True)], schedule="cosine")
+    with pytest.raises(TypeError, match="lr must be a Python number"):
+        AdamW([torch.zeros(3, requires_grad=True)], lr=torch.tensor(0.1))
+
+
+def test_non_contiguous_param_rejected():
+    p = torch.randn(4, 6).t().requires_grad_()
+    p.grad = torch.randn(6, 4)
+    with pytest.raises(ValueError, match="contiguous"):
+        AdamW([p]).step()
+
+
+def test_unsupported_dtype():
+    p = torch.zeros(3, dtype=torch.complex64, requires_grad=True)
+    p.grad = torch.ones_like(p)
+    with pytest.raises(TypeError, match="unsupported param dtype"):
+        SGD([p], lr=0.1).step()
+
+
+def test_params_without_grad_skipped_and_zero_element_params():
+    a, b, z = torch.randn(5), torch.randn(4), torch.randn(0)
+    opt = AdamW([a, b, z], lr=0.1)
+    a.grad, z.grad = torch.randn(5), torch.randn(0)
+    b0 = b.clone()
+    opt.step()
+    assert b not in opt.state and torch.equal(b, b0)
+    assert opt.state[a]["step"].item() == 1.0 and opt.state[z]["step"].item() == 1.0
+    opt.step()  # grads kept: second step
+    assert opt.state[a]["step"].item() == 2.0
+    assert int(opt.sched_step()) == 2
+
+
+def test_found_inf_skips_update_but_advances_schedule():
+    a = torch.randn(9)
+    opt = AdamW([a], lr=0.1)
+    a.grad = torch.randn(9)
+    opt.step()
+    a0, st0 = a.clone(), {k: v.clone() for k, v in opt.state[a].items()}
+    opt.found_inf = torch.ones(())
+    opt.grad_scale = torch.full((), 2.0)
+    opt.step()
+    del opt.found_inf, opt.grad_scale
+    assert torch.equal(a, a0)
+    assert all(torch.equal(v, opt.state[a][k]) for k, v in st0.items())
+    assert int(opt.sched_step()) == 2
+
+
+def test_grad_scale_matches_torch():
+    torch.manual_seed(0)
+    p = torch.randn(37)
+    q = p.clone().requires_grad_()
+    ours, ref = Adam([p], lr=0.1, weight_decay=0.1), torch.optim.Adam([q], lr=0.1, weight_decay=0.1, fused=True)
+    for o in (ours, ref):
+        o.grad_scale = torch.full((), 1024.0)
+        o.found_inf = torch.zeros(())
+    for _ in range(3):
+        g = torch.randn(37) * 1024
+        p.grad, q.grad = g.clone(), g.clone()
+        ours.step()
+        ref.step()
+        assert torch.equal(p.grad, q.grad)  # unscaled in place, like torch
+    assert torch.equal(p, q.detach())
+
+
+def test_set_schedule_keeps_counter():
+    a = torch.randn(3)
+    opt = SGD([a], lr=0.1)
+    a.grad = torch.ones(3)
+    opt.step()
+    opt.set_schedule(schedules.linear_decay(10))
+    opt.step()
+    assert torch.equal(opt.last_lr(), schedules.linear_decay(10, base_lr=0.1).lr_at(1)[:, 0])
+    assert opt.last_lr().item() != 0.1
+
+
+def _opcheck_args_adam():
+    ps = [torch.randn(5), torch.randn(17)]
+    grads = [torch.randn_like(p) for p in ps]
+    s = AdamW(ps, lr=0.1).schedule
+    ints, vals = s.program("cpu")
+    return (ps, grads, [torch.rand_like(p) for p in ps], [torch.rand_like(p) for p in ps], [],
+            [torch.ones(()) for _ in ps], torch.zeros((), dtype=torch.int64), torch.zeros(1, dtype=torch.float64),
+            ints, vals, torch.tensor([[0.9, 0.999, 1e-8, 0.01, 0.0, 0.0]], dtype=torch.float64), [0, 0], True,
+            None, None)
+
+
+def test_opcheck_adam_step():
+    torch.library.opcheck(torch.ops.warmup_fused.adam_step.default, _opcheck_args_adam())
+
+
+def test_opcheck_sgd_step():
+    ps = [torch.randn(5), torch.randn(17)]
+    ints, vals = SGD(ps, lr=0.1).schedule.program("cpu")
+    args = (ps, [torch.randn_like(p) for p in ps], [torch.rand_like(p) for p in ps], torch.zeros((), dtype=torch.int64),
+            torch.zeros(1, dtype=torch.float64), ints, vals,
+            torch.tensor([[0.9, 0.0, 0.0, 1.0, 0.0]], dtype=torch.float64), [0, 0], [False, False], None, None)
+    torch.library.opcheck(torch.ops.warmup_fused.sgd_step.default, args)
+
+
+def test_op_rejects_bad_group_index():
+    args = list(_opcheck_args_adam())
+    args[11] = [0, 3]
+    with pytest.raises(ValueError, match="tensor_group"):
+        torch.ops.warmup_fused.adam_step(*args)
+
+
+# ----------------------------------------------------------------------------------------------------- CUDA
+@cuda
+@needs_cuda
+@pytest.mark.parametrize("cls", ["AdamW", "Adam", "SGD"])
+def test_cuda_parity_vs_torch_fused(cls):
+    kw = dict(momentum=0.9, weight_decay=1e-2) if cls == "SGD" else dict(weight_decay=0.1, amsgrad=True)
+    lr = 0.05 if cls == "SGD" else 3e-3
+    _train_pair(lambda ps, s: getattr(warmup_fused, cls)(ps, lr=lr, schedule=s, **kw),
+                lambda ps: getattr(torch.optim, cls)(ps, lr=lr, fused=True, **kw), steps=200, checks=(1, 50, 200),
+                device="cuda")
+
+
+@cuda
+@needs_cuda
+def test_cuda_step_never_syncs():
+    model = MLP().cuda()
+    opt = AdamW(model.parameters(), lr=1e-3, schedule=schedules.from_torch(
+        LinearLR(torch.optim.SGD([torch.zeros(1)], lr=1.0), 0.1, 1.0, 10)))
+    for p in model.parameters():
+        p.grad = torch.randn_like(p)
+    opt.step()  # first step allocates state and copies programs
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        for _ in range(3):
+            opt.step()
+            opt.last_lr()
+    finally:
+        torch.cuda.set_sync_debug_mode(0)
+
+
+@cuda
+@needs_cuda
+def test_cuda_graph_whole_step_1000_replays():
+    torch.manual_seed(0)
+    total, warmup = 1200, 100
+    ref_model = MLP().cuda()
+    model = copy.deepcopy(ref_model)
+    ref_opt = torch.optim.AdamW(ref_model.parameters(), lr=1e-3, fused=True)
+    ref_sched = _warmup_cosine(ref_opt, warmup, total)
+    sched = schedules.from_torch(_warmup_cosine(torch.optim.AdamW([torch.zeros(1, requires_grad=True)], lr=1e-3),
+                                                warmup, total), horizon=total + 1)
+    opt = AdamW(model.parameters(), lr=1e-3, schedule=sched)
+    x, y = torch.randn(64, 13, device="cuda"), torch.randn(64, 5, device="cuda")
+
+    def train_step(m, o):
+        loss = torch.nn.functional.mse_loss(m(x), y)
+        loss.backward()
+        o.step()
+        return loss
+
+    s = torch.cuda.Stream()
+    s.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(s):
+        for _ in range(3):  # warm up (allocates state)
+            model.zero_grad(set_to_none=False)
+            train_step(model, opt)
+    torch.cuda.current_stream().wait_stream(s)
+    for _ in range(3):
+        ref_model.zero_grad(set_to_none=False)
+        train_step(ref_model, ref_opt)
+        ref_sched.step()
+    g = torch.cuda.CUDAGraph()
+    model.zero_grad(set_to_none=False)
+    with torch.cuda.graph(g):
+        train_step(model, opt)
+    lrs = []
+    for t in range(3, total):
+        for p in model.parameters():
+            p.grad.zero_()
+        g.replay()
+        lrs.append(opt.last_lr().clone())
+        ref_model.zero_grad(set_to_none=False)
+        train_step(ref_model, ref_opt)
+        ref_sched.step()
+    expect = sched.lr_at(range(3, total), "cuda")[0]
+    assert torch.equal(torch.stack(lrs)[:, 0], expect)
+    for p, q in zip(model.parameters(), ref_model.parameters()):
+        torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)
+
+
+@cuda
+@needs_cuda
+def test_cuda_compile_reduce_overhead():
+    model = MLP().cuda()
+    opt = AdamW(model.parameters(), lr=1e-3)
+
+    @torch.compile(mode="reduce-overhead")
+    def opt_step():
+        opt.step()
+
+    for _ in range(5):
+        for p in model.parameters():
+            p.grad = torch.randn_like(p)
+        opt_step()
+    assert int(opt.sched_step()) == 5
