@@ -6,6 +6,7 @@ No network access, and nvcc is only looked at when CUDA is chosen.
 """
 import glob
 import os
+import sys
 
 from setuptools import setup
 
@@ -41,7 +42,11 @@ if use_cuda:
             os.environ["TORCH_CUDA_ARCH_LIST"] = "8.0;9.0"
 
 # Bits matter: no fast-math anywhere, no contraction of a*b+c into FMA unless the code asks for fma().
-cxx_flags = ["-O3", "-std=c++20", "-ffp-contract=off", "-fno-fast-math"]
+cxx_flags = ["-O3", "-std=c++20", "-ffp-contract=off", "-fno-fast-math", "-fno-math-errno"]
+# at::parallel_for is OpenMP in torch's builds, and its header runs serially without -fopenmp. The
+# libgomp.so.1 torch bundles is the one that gets used (same soname, already loaded by `import torch`).
+openmp = [] if sys.platform == "darwin" else ["-fopenmp"]
+cxx_flags += openmp
 nvcc_flags = ["-O3", "-std=c++20", "-fmad=false", "-lineinfo"]
 
 sources = ["csrc/ops.cpp"] + sorted(glob.glob("csrc/cpu/*.cpp"))
@@ -65,6 +70,7 @@ setup(
             "warmup_fused._C",
             sources,
             extra_compile_args=extra,
+            extra_link_args=openmp,
             define_macros=define_macros,
             py_limited_api=True,
         )

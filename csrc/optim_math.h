@@ -65,8 +65,6 @@ WF_HOST_DEVICE AdamCpuScalars<T> adam_cpu_scalars(double lr, double beta1, doubl
 }
 
 // One element. p, m, v, vmax are opmath values (loaded and stored by the caller); g is the already unscaled grad.
-// kVec: the element lies in torch's Vectorized main loop (true fma in the lerp); else in its scalar tail.
-// One element. p, m, v, vmax are opmath values (loaded and stored by the caller); g is the already unscaled grad.
 // kVec: the element lies in torch's Vectorized main loop; else in its scalar tail.
 //
 // torch compiles its AVX2/AVX512 kernels with GCC's default -ffp-contract=fast and -mfma, so GCC fuses some of
@@ -102,7 +100,7 @@ WF_HOST_DEVICE void adam_cpu_update(T& p, T g, T& m, T& v, T& vmax, const AdamCp
 
 template <class T>
 struct SgdScalars {
-  T wd, momentum, one_minus_dampening, neg_lr, lr;
+  T wd, momentum, one_minus_dampening, neg_lr, lr, maximize_sign;
   bool has_wd, has_momentum, nesterov, maximize;
 };
 
@@ -119,6 +117,7 @@ WF_HOST_DEVICE SgdScalars<T> sgd_scalars(double lr, double momentum, double damp
   s.has_momentum = momentum != 0.0;
   s.nesterov = nesterov;
   s.maximize = maximize;
+  s.maximize_sign = maximize ? T(-1) : T(1);
   return s;
 }
 

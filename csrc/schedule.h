@@ -20,6 +20,9 @@
 
 #if defined(__CUDACC__)
 #define WF_HOST_DEVICE __host__ __device__ __forceinline__
+#elif defined(__GNUC__)
+// always_inline also lets the CPU kernels' AVX2+FMA clones inline (and vectorise) this shared math.
+#define WF_HOST_DEVICE inline __attribute__((always_inline))
 #else
 #define WF_HOST_DEVICE inline
 #endif

@@ -41,71 +41,118 @@ struct AdamTensorArgs {
   int64_t numel, vec_end;
   int64_t group;
   float step;
+  bool maximize;
 };
 
-template <class scalar_t, bool kAdamW>
-inline void adam_range(const AdamTensorArgs& t, const AdamCpuScalars<opmath_of<scalar_t>>& s, const float* gs,
-                       int64_t begin, int64_t end) {
+// The hot loops. Flags that torch's kernel tests per element are template parameters here, so that each
+// instantiation is a straight-line loop GCC vectorises (the AVX2+FMA clones below); the math is optim_math.h's.
+#if defined(__GNUC__)
+#define WF_INLINE inline __attribute__((always_inline))
+#else
+#define WF_INLINE inline
+#endif
+
+template <class scalar_t, bool kVec, bool kAdamW, bool kAmsgrad, bool kHasWd, bool kScaled>
+WF_INLINE void adam_loop(const AdamTensorArgs& t, AdamCpuScalars<opmath_of<scalar_t>> s, const float* gs,
+                         int64_t begin, int64_t end) {
   using T = opmath_of<scalar_t>;
-  auto* p = static_cast<scalar_t*>(t.p);
-  auto* g = static_cast<scalar_t*>(t.g);
-  auto* m = static_cast<scalar_t*>(t.m);
-  auto* v = static_cast<scalar_t*>(t.v);
-  auto* vm = static_cast<scalar_t*>(t.vmax);
-  const T scale = gs ? T(*gs) : T(1);
-  const int64_t mid = std::clamp(t.vec_end, begin, end);
-  auto body = [&](int64_t i, auto vec_tag) {
-    constexpr bool kVec = decltype(vec_tag)::value;
+  s.amsgrad = kAmsgrad;  // constants from here on: the branches in adam_cpu_update fold away
+  s.has_wd = kHasWd;
+  s.maximize = false;
+  const T sign = t.maximize ? T(-1) : T(1);  // -g == g * -1 exactly (torch's vector loop does the latter)
+  scalar_t* __restrict p = static_cast<scalar_t*>(t.p);
+  scalar_t* __restrict g = static_cast<scalar_t*>(t.g);
+  scalar_t* __restrict m = static_cast<scalar_t*>(t.m);
+  scalar_t* __restrict v = static_cast<scalar_t*>(t.v);
+  scalar_t* __restrict vm = static_cast<scalar_t*>(t.vmax);
+  const T scale = kScaled ? T(*gs) : T(1);
+  for (int64_t i = begin; i < end; ++i) {
     T gi = T(g[i]);
-    if (gs) {
+    if constexpr (kScaled) {
       gi = gi / scale;
       g[i] = scalar_t(gi);
     }
+    gi = gi * sign;
     T pi = T(p[i]), mi = T(m[i]), vi = T(v[i]);
-    T vmi = s.amsgrad ? T(vm[i]) : T(0);
+    T vmi = kAmsgrad ? T(vm[i]) : T(0);
     adam_cpu_update<T, kVec, kAdamW>(pi, gi, mi, vi, vmi, s);
     p[i] = scalar_t(pi);
     m[i] = scalar_t(mi);
     v[i] = scalar_t(vi);
-    if (s.amsgrad) vm[i] = scalar_t(vmi);
-  };
-  for (int64_t i = begin; i < mid; ++i) body(i, std::true_type{});
-  for (int64_t i = mid; i < end; ++i) body(i, std::false_type{});
+    if constexpr (kAmsgrad) vm[i] = scalar_t(vmi);
+  }
 }
 
+template <class scalar_t, bool kAdamW, bool kAmsgrad, bool kHasWd, bool kScaled>
+WF_INLINE void adam_range_t(const AdamTensorArgs& t, const AdamCpuScalars<opmath_of<scalar_t>>& s, const float* gs,
+                            int64_t begin, int64_t end) {
+  const int64_t mid = std::clamp(t.vec_end, begin, end);
+  adam_loop<scalar_t, true, kAdamW, kAmsgrad, kHasWd, kScaled>(t, s, gs, begin, mid);
+  adam_loop<scalar_t, false, kAdamW, kAmsgrad, kHasWd, kScaled>(t, s, gs, mid, end);
+}
+
+// Runtime flags -> one of the 16 instantiations.
 template <class scalar_t>
-inline void sgd_range(void* pv, void* gv, void* bv, bool first, const SgdScalars<opmath_of<scalar_t>>& s,
-                      const float* gs, int64_t begin, int64_t end, int64_t vec_end) {
+WF_INLINE void adam_range(const AdamTensorArgs& t, const AdamCpuScalars<opmath_of<scalar_t>>& s, bool adamw,
+                          const float* gs, int64_t begin, int64_t end) {
+  const int key = (adamw ? 8 : 0) | (s.amsgrad ? 4 : 0) | (s.has_wd ? 2 : 0) | (gs ? 1 : 0);
+  switch (key) {
+#define WF_CASE(K) \
+  case K: return adam_range_t<scalar_t, bool(K & 8), bool(K & 4), bool(K & 2), bool(K & 1)>(t, s, gs, begin, end);
+    WF_CASE(0) WF_CASE(1) WF_CASE(2) WF_CASE(3) WF_CASE(4) WF_CASE(5) WF_CASE(6) WF_CASE(7)
+    WF_CASE(8) WF_CASE(9) WF_CASE(10) WF_CASE(11) WF_CASE(12) WF_CASE(13) WF_CASE(14) WF_CASE(15)
+#undef WF_CASE
+  }
+}
+
+template <class scalar_t, bool kVec, bool kMomentum, bool kFirst, bool kScaled>
+WF_INLINE void sgd_loop(void* pv, void* gv, void* bv, SgdScalars<opmath_of<scalar_t>> s, const float* gs,
+                        int64_t begin, int64_t end) {
   using T = opmath_of<scalar_t>;
-  auto* p = static_cast<scalar_t*>(pv);
-  auto* g = static_cast<scalar_t*>(gv);
-  auto* b = static_cast<scalar_t*>(bv);
-  const T scale = gs ? T(*gs) : T(1);
-  auto body = [&](int64_t i, auto vec_tag) {
-    constexpr bool kVec = decltype(vec_tag)::value;
+  s.has_momentum = kMomentum;
+  s.maximize = false;
+  const T sign = s.maximize_sign;
+  scalar_t* __restrict p = static_cast<scalar_t*>(pv);
+  scalar_t* __restrict g = static_cast<scalar_t*>(gv);
+  scalar_t* __restrict b = static_cast<scalar_t*>(bv);
+  const T scale = kScaled ? T(*gs) : T(1);
+  for (int64_t i = begin; i < end; ++i) {
     T gi = T(g[i]);
-    if (gs) {
+    if constexpr (kScaled) {
       gi = gi / scale;
       g[i] = scalar_t(gi);
     }
+    gi = gi * sign;
     T pi = T(p[i]);
-    T bi = (s.has_momentum && !first) ? T(b[i]) : T(0);
-    sgd_cpu_update<T, kVec>(pi, gi, bi, first, s);
+    T bi = (kMomentum && !kFirst) ? T(b[i]) : T(0);
+    sgd_cpu_update<T, kVec>(pi, gi, bi, kFirst, s);
     p[i] = scalar_t(pi);
-    if (s.has_momentum) b[i] = scalar_t(bi);
-  };
+    if constexpr (kMomentum) b[i] = scalar_t(bi);
+  }
+}
+
+template <class scalar_t>
+WF_INLINE void sgd_range(void* p, void* g, void* b, bool first, const SgdScalars<opmath_of<scalar_t>>& s,
+                         const float* gs, int64_t begin, int64_t end, int64_t vec_end) {
   const int64_t mid = std::clamp(vec_end, begin, end);
-  for (int64_t i = begin; i < mid; ++i) body(i, std::true_type{});
-  for (int64_t i = mid; i < end; ++i) body(i, std::false_type{});
+  const int key = (s.has_momentum ? 4 : 0) | (first ? 2 : 0) | (gs ? 1 : 0);
+  switch (key) {
+#define WF_CASE(K)                                                                                      \
+  case K:                                                                                               \
+    sgd_loop<scalar_t, true, bool(K & 4), bool(K & 2), bool(K & 1)>(p, g, b, s, gs, begin, mid);       \
+    return sgd_loop<scalar_t, false, bool(K & 4), bool(K & 2), bool(K & 1)>(p, g, b, s, gs, mid, end);
+    WF_CASE(0) WF_CASE(1) WF_CASE(2) WF_CASE(3) WF_CASE(4) WF_CASE(5) WF_CASE(6) WF_CASE(7)
+#undef WF_CASE
+  }
 }
 
 #if defined(__GNUC__) && defined(__x86_64__)
 #define WF_HAVE_AVX2_CLONE 1
-template <class scalar_t, bool kAdamW>
+template <class scalar_t>
 __attribute__((target("avx2,fma"))) void adam_range_avx2(const AdamTensorArgs& t,
-                                                         const AdamCpuScalars<opmath_of<scalar_t>>& s,
+                                                         const AdamCpuScalars<opmath_of<scalar_t>>& s, bool adamw,
                                                          const float* gs, int64_t begin, int64_t end) {
-  adam_range<scalar_t, kAdamW>(t, s, gs, begin, end);
+  adam_range<scalar_t>(t, s, adamw, gs, begin, end);
 }
 template <class scalar_t>
 __attribute__((target("avx2,fma"))) void sgd_range_avx2(void* p, void* g, void* b, bool first,
@@ -119,13 +166,14 @@ bool have_avx2_fma() {
 }
 #endif
 
-template <class scalar_t, bool kAdamW>
-void adam_range_dispatch(const AdamTensorArgs& t, const AdamCpuScalars<opmath_of<scalar_t>>& s, const float* gs,
-                         int64_t begin, int64_t end) {
+// The portable build (std::fma in software where the CPU has no FMA: same bits, slower).
+template <class scalar_t>
+void adam_range_dispatch(const AdamTensorArgs& t, const AdamCpuScalars<opmath_of<scalar_t>>& s, bool adamw,
+                         const float* gs, int64_t begin, int64_t end) {
 #ifdef WF_HAVE_AVX2_CLONE
-  if (have_avx2_fma()) return adam_range_avx2<scalar_t, kAdamW>(t, s, gs, begin, end);
+  if (have_avx2_fma()) return adam_range_avx2<scalar_t>(t, s, adamw, gs, begin, end);
 #endif
-  adam_range<scalar_t, kAdamW>(t, s, gs, begin, end);
+  adam_range<scalar_t>(t, s, adamw, gs, begin, end);
 }
 
 template <class scalar_t>
@@ -246,7 +294,8 @@ void adam_step_cpu(at::TensorList params, at::TensorList grads, at::TensorList e
       const int64_t vw = vector_bytes() / int64_t(params[i].element_size());
       const bool ams = hp[tensor_group[i] * kAdamHparams + kAmsgrad] != 0.0;
       args[i] = {params[i].data_ptr(), grads[i].data_ptr(), exp_avgs[i].data_ptr(), exp_avg_sqs[i].data_ptr(),
-                 ams ? max_exp_avg_sqs[i].data_ptr() : nullptr, numel, numel - numel % vw, tensor_group[i], *st};
+                 ams ? max_exp_avg_sqs[i].data_ptr() : nullptr, numel, numel - numel % vw, tensor_group[i], *st,
+                 hp[tensor_group[i] * kAdamHparams + kMaximize] != 0.0};
       numels[i] = numel;
     }
     const std::vector<Work> work = make_work(numels);
@@ -260,8 +309,7 @@ void adam_step_cpu(at::TensorList params, at::TensorList grads, at::TensorList e
           using T = opmath_of<scalar_t>;
           const auto s = adam_cpu_scalars<T>(lrs[t.group], h[kBeta1], h[kBeta2], h[kEps], h[kWeightDecay],
                                              h[kAmsgrad] != 0.0, h[kMaximize] != 0.0, t.step);
-          if (adamw) adam_range_dispatch<scalar_t, true>(t, s, gs, job.begin, job.end);
-          else adam_range_dispatch<scalar_t, false>(t, s, gs, job.begin, job.end);
+          adam_range_dispatch<scalar_t>(t, s, adamw, gs, job.begin, job.end);
         });
       }
     });
