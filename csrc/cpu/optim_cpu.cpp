@@ -23,7 +23,8 @@
 namespace warmup_fused {
 namespace {
 
-constexpr int64_t kChunk = 1 << 15;  // elements per parallel work item (a multiple of every vector width)
+constexpr int64_t kChunk = 1 << 17;  // elements per parallel work item (a multiple of every vector width;
+                                      // 2^13..2^19 measured: 2^17 best on 16M params in 50 tensors)
 
 int64_t vector_bytes() {
   static const int64_t bytes = [] {
