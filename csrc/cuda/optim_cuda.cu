@@ -220,7 +220,9 @@ Table& get_table(const std::vector<Entry>& entries, const c10::Device& device) {
   std::lock_guard<std::mutex> lock(mu);
   auto it = cache.find(key);
   if (it != cache.end()) return it->second;
-  if (cache.size() >= 16) cache.clear();  // parameters were reallocated: drop stale tables
+  // Tables are never evicted: a captured CUDA graph keeps their device addresses, so freeing one would let a
+  // replay read reused memory. Each is a few dozen bytes per tensor; a new one appears only when parameter or
+  // state storage is reallocated (or SGD's first step), which a captured training loop does not do.
   std::vector<Chunk> chunks;
   for (size_t i = 0; i < entries.size(); ++i)
     for (int64_t s = 0; s < entries[i].numel; s += kChunkElems) chunks.push_back({int64_t(i), s});
