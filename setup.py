@@ -61,7 +61,8 @@ else:
     extra = {"cxx": cxx_flags}
 
 # Recorded in the library so `python -m warmup_fused info` can say what was built.
-build_info = f"cuda={int(use_cuda)};arch={os.environ.get('TORCH_CUDA_ARCH_LIST', '') if use_cuda else ''}"
+arch_list = os.environ.get("TORCH_CUDA_ARCH_LIST", "").replace(";", " ") if use_cuda else ""
+build_info = f"cuda={int(use_cuda)};arch={arch_list}"
 define_macros.append(("WARMUP_FUSED_BUILD_INFO", f'"{build_info}"'))
 
 setup(

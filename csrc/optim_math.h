@@ -32,6 +32,16 @@ WF_HOST_DEVICE T nan_max(T a, T b) {
   return (a != a || b != b) ? (a + b) : (a < b ? b : a);
 }
 
+// sqrt(v) / bias_correction2_sqrt + eps, with amsgrad's running max (updated in place): the same on every backend.
+template <class T>
+WF_HOST_DEVICE T adam_denom(T v, T& vmax, bool amsgrad, T bc2_sqrt, T eps) {
+  if (amsgrad) {
+    vmax = nan_max(vmax, v);
+    return std::sqrt(vmax) / bc2_sqrt + eps;
+  }
+  return std::sqrt(v) / bc2_sqrt + eps;
+}
+
 // ------------------------------------------------------------------------------------------------- CPU (torch)
 
 // Scalars of one CPU Adam step for one tensor, in the opmath type T, derived exactly as torch's CPU kernel does.
@@ -87,13 +97,7 @@ WF_HOST_DEVICE void adam_cpu_update(T& p, T g, T& m, T& v, T& vmax, const AdamCp
   m = std::abs(w) < T(0.5) ? std::fma(w, g - m, m) : std::fma(w - T(1), g - m, g);
   if (kVec) v = std::fma(s.c2 * g, g, v * s.beta2);
   else v = std::fma(v, s.beta2, s.c2 * g * g);
-  T denom;
-  if (s.amsgrad) {
-    vmax = nan_max(vmax, v);
-    denom = std::sqrt(vmax) / s.bc2_sqrt + s.eps;
-  } else {
-    denom = std::sqrt(v) / s.bc2_sqrt + s.eps;
-  }
+  const T denom = adam_denom(v, vmax, s.amsgrad, s.bc2_sqrt, s.eps);
   // Vector loop: p + (-step_size) * m / denom; tail: p - step_size * m / denom. Identical in IEEE arithmetic.
   p = p + s.neg_step_size * m / denom;
 }
@@ -177,13 +181,7 @@ WF_HOST_DEVICE void adam_cuda_update(T& p, T g, T& m, T& v, T& vmax, const AdamC
   const T g2 = g * g;
   v = std::fma(s.beta2, v, std::fma(-s.beta2, g2, g2));
   const T step_size = s.lr / s.bc1;
-  T denom;
-  if (s.amsgrad) {
-    vmax = nan_max(vmax, v);
-    denom = std::sqrt(vmax) / s.bc2_sqrt + s.eps;
-  } else {
-    denom = std::sqrt(v) / s.bc2_sqrt + s.eps;
-  }
+  const T denom = adam_denom(v, vmax, s.amsgrad, s.bc2_sqrt, s.eps);
   p = p - step_size * m / denom;
 }
 

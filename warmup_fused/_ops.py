@@ -19,8 +19,9 @@ def validate_program(ints: torch.Tensor, vals: torch.Tensor) -> None:
 
 
 def build_info() -> dict:
-    """What the compiled library contains: {"cuda": bool, "arch": str}."""
-    fields = dict(kv.split("=", 1) for kv in _lib.build_info().split(";"))
+    """What the compiled library contains: {"cuda": bool, "arch": str} (arch: TORCH_CUDA_ARCH_LIST, spaces)."""
+    cuda, _, arch = _lib.build_info().partition(";")
+    fields = dict(kv.split("=", 1) for kv in (cuda, arch) if "=" in kv)
     return {"cuda": fields.get("cuda") == "1", "arch": fields.get("arch", "")}
 
 

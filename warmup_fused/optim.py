@@ -179,6 +179,42 @@ class _FusedOptimizer(torch.optim.Optimizer):
             raise TypeError(f"grad dtype {p.grad.dtype} differs from its param's {p.dtype}")
         return p.grad if p.grad.is_contiguous() else p.grad.contiguous()
 
+    @torch.no_grad()
+    def step(self, closure=None):
+        """One update of every param with a grad: a single fused op call per device. Returns closure's loss."""
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        self._bind()
+        per_device: dict = {}
+        for gi, group in enumerate(self.param_groups):
+            for p in group["params"]:
+                if p.grad is not None:
+                    row = self._prepare(gi, group, p, self._check_param(p), self.state[p])
+                    per_device.setdefault(p.device, []).append(row)
+        for device in self._devices(per_device):
+            columns = [list(c) for c in zip(*per_device[device])] if device in per_device else None
+            self._launch(columns, *self._device_tensors(device), *self._amp_tensors(device))
+        return loss
+
+    def _prepare(self, gi: int, group: dict, p: torch.Tensor, grad: torch.Tensor, state: dict) -> tuple:
+        """Initialises the param's state if needed; returns its row of op arguments."""
+        raise NotImplementedError
+
+    def _launch(self, columns, ints, vals, counter, last_lr, hparams, grad_scale, found_inf) -> None:
+        """Calls the op once for a device; ``columns`` transposes the rows of _prepare (None: no grads)."""
+        raise NotImplementedError
+
+    @staticmethod
+    def _optional(tensors: list) -> list:
+        """The op's form for per-param tensors only some groups use: [] when none does, else a shared empty
+        placeholder where a param has none."""
+        if all(t is None for t in tensors):
+            return []
+        placeholder = next(t for t in tensors if t is not None).new_empty(0)
+        return [placeholder if t is None else t for t in tensors]
+
     # ----------------------------------------------------------------------------------------- checkpoints
     def state_dict(self) -> dict[str, Any]:
         sd = super().state_dict()
@@ -242,53 +278,19 @@ class _AdamBase(_FusedOptimizer):
         return (float(b0), float(b1), float(g["eps"]), float(g["weight_decay"]), float(bool(g["amsgrad"])),
                 float(bool(g["maximize"])))
 
-    @torch.no_grad()
-    def step(self, closure=None):
-        """One update of every param with a grad: a single fused op call per device. Returns closure's loss."""
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        self._bind()
-        per_device: dict = {}
-        for gi, group in enumerate(self.param_groups):
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
-                grad = self._check_param(p)
-                state = self.state[p]
-                if len(state) == 0:
-                    state["step"] = torch.zeros((), dtype=torch.float32, device=p.device)
-                    state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-                    state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-                    if group["amsgrad"]:
-                        state["max_exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-                if group["amsgrad"] and "max_exp_avg_sq" not in state:
-                    state["max_exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-                lists = per_device.setdefault(p.device, ([], [], [], [], [], [], [], []))
-                lists[0].append(p)
-                lists[1].append(grad)
-                lists[2].append(state["exp_avg"])
-                lists[3].append(state["exp_avg_sq"])
-                lists[4].append(state.get("max_exp_avg_sq"))
-                lists[5].append(state["step"])
-                lists[6].append(gi)
-        for device in self._devices(per_device):
-            ps, gs_, ms, vs, vms, steps, groups, _ = per_device.get(device, ([],) * 8)
-            ints, vals, counter, last_lr, hp = self._device_tensors(device)
-            if any(v is not None for v in vms):
-                placeholder = None
-                for i, v in enumerate(vms):
-                    if v is None:
-                        if placeholder is None:
-                            placeholder = ps[i].new_empty(0)
-                        vms[i] = placeholder
-            else:
-                vms = []
-            scale, found_inf = self._amp_tensors(device)
-            _ops.adam_step(ps, gs_, ms, vs, vms, steps, counter, last_lr, ints, vals, hp, groups, self._adamw,
-                           scale, found_inf)
-        return loss
+    def _prepare(self, gi, group, p, grad, state):
+        if len(state) == 0:
+            state["step"] = torch.zeros((), dtype=torch.float32, device=p.device)
+            state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+            state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+        if group["amsgrad"] and "max_exp_avg_sq" not in state:
+            state["max_exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+        return p, grad, state["exp_avg"], state["exp_avg_sq"], state.get("max_exp_avg_sq"), state["step"], gi
+
+    def _launch(self, columns, ints, vals, counter, last_lr, hparams, grad_scale, found_inf):
+        ps, grads, ms, vs, vms, steps, groups = columns or ([],) * 7
+        _ops.adam_step(ps, grads, ms, vs, self._optional(vms), steps, counter, last_lr, ints, vals, hparams,
+                       groups, self._adamw, grad_scale, found_inf)
 
 
 class AdamW(_AdamBase):
@@ -342,49 +344,17 @@ class SGD(_FusedOptimizer):
         return (float(g["momentum"]), float(g["dampening"]), float(g["weight_decay"]), float(bool(g["nesterov"])),
                 float(bool(g["maximize"])))
 
-    @torch.no_grad()
-    def step(self, closure=None):
-        """One update of every param with a grad: a single fused op call per device. Returns closure's loss."""
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        self._bind()
-        per_device: dict = {}
-        for gi, group in enumerate(self.param_groups):
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
-                grad = self._check_param(p)
-                state = self.state[p]
-                first = False
-                if group["momentum"] != 0:
-                    buf = state.get("momentum_buffer")
-                    if buf is None:
-                        buf = state["momentum_buffer"] = torch.empty_like(p, memory_format=torch.preserve_format)
-                        first = True
-                else:
-                    buf = None
-                lists = per_device.setdefault(p.device, ([], [], [], [], []))
-                lists[0].append(p)
-                lists[1].append(grad)
-                lists[2].append(buf)
-                lists[3].append(gi)
-                lists[4].append(first)
-        for device in self._devices(per_device):
-            ps, gs_, bufs, groups, firsts = per_device.get(device, ([],) * 5)
-            ints, vals, counter, last_lr, hp = self._device_tensors(device)
-            if any(b is not None for b in bufs):
-                placeholder = None
-                for i, b in enumerate(bufs):
-                    if b is None:
-                        if placeholder is None:
-                            placeholder = ps[i].new_empty(0)
-                        bufs[i] = placeholder
-            else:
-                bufs = []
-            if not any(firsts):
-                firsts = []
-            scale, found_inf = self._amp_tensors(device)
-            _ops.sgd_step(ps, gs_, bufs, counter, last_lr, ints, vals, hp, groups, firsts, scale, found_inf)
-        return loss
+    def _prepare(self, gi, group, p, grad, state):
+        first = False
+        buf = None
+        if group["momentum"] != 0:
+            buf = state.get("momentum_buffer")
+            if buf is None:  # the kernel initialises it to the (decayed) grad, as torch does
+                buf = state["momentum_buffer"] = torch.empty_like(p, memory_format=torch.preserve_format)
+                first = True
+        return p, grad, buf, gi, first
+
+    def _launch(self, columns, ints, vals, counter, last_lr, hparams, grad_scale, found_inf):
+        ps, grads, bufs, groups, firsts = columns or ([],) * 5
+        _ops.sgd_step(ps, grads, self._optional(bufs), counter, last_lr, ints, vals, hparams, groups,
+                      firsts if any(firsts) else [], grad_scale, found_inf)

@@ -235,8 +235,6 @@ const float* scalar_ptr(const std::optional<at::Tensor>& t, const char* name) {
 }
 
 void check_groups(at::IntArrayRef tensor_group, size_t n, int64_t groups) {
-  TORCH_CHECK_VALUE(tensor_group.size() == n, "tensor_group has ", tensor_group.size(), " entries for ", n,
-                    " params");
   for (size_t i = 0; i < n; ++i)
     TORCH_CHECK_VALUE(tensor_group[i] >= 0 && tensor_group[i] < groups, "tensor_group[", i, "] = ", tensor_group[i],
                       " is not a group of the schedule (", groups, " groups)");
@@ -261,10 +259,8 @@ void adam_step_cpu(at::TensorList params, at::TensorList grads, at::TensorList e
                    const at::Tensor& hparams, at::IntArrayRef tensor_group, bool adamw,
                    const std::optional<at::Tensor>& grad_scale, const std::optional<at::Tensor>& found_inf) {
   const size_t n = params.size();
-  TORCH_CHECK_VALUE(grads.size() == n && exp_avgs.size() == n && exp_avg_sqs.size() == n && state_steps.size() == n,
-                    "params, grads, exp_avgs, exp_avg_sqs and state_steps must have the same length");
-  TORCH_CHECK_VALUE(max_exp_avg_sqs.empty() || max_exp_avg_sqs.size() == n,
-                    "max_exp_avg_sqs must be empty or have one tensor per param");
+  check_adam_lists(n, grads.size(), exp_avgs.size(), exp_avg_sqs.size(), max_exp_avg_sqs.size(), state_steps.size(),
+                   tensor_group.size());
   const std::vector<double> lrs = eval_lrs(sched_step, last_lr, ints, vals, hparams, kAdamHparams);
   const int64_t groups = int64_t(lrs.size());
   check_groups(tensor_group, n, groups);
@@ -327,11 +323,7 @@ void sgd_step_cpu(at::TensorList params, at::TensorList grads, at::TensorList mo
                   c10::List<bool> is_first_step, const std::optional<at::Tensor>& grad_scale,
                   const std::optional<at::Tensor>& found_inf) {
   const size_t n = params.size();
-  TORCH_CHECK_VALUE(grads.size() == n, "params and grads must have the same length");
-  TORCH_CHECK_VALUE(momentum_buffers.empty() || momentum_buffers.size() == n,
-                    "momentum_buffers must be empty or have one tensor per param");
-  TORCH_CHECK_VALUE(is_first_step.size() == 0 || is_first_step.size() == n,
-                    "is_first_step must be empty or have one flag per param");
+  check_sgd_lists(n, grads.size(), momentum_buffers.size(), is_first_step.size(), tensor_group.size());
   const std::vector<double> lrs = eval_lrs(sched_step, last_lr, ints, vals, hparams, kSgdHparams);
   check_groups(tensor_group, n, int64_t(lrs.size()));
   const double* hp = hparams.data_ptr<double>();

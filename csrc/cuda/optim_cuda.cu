@@ -291,12 +291,8 @@ void adam_step_cuda(at::TensorList params, at::TensorList grads, at::TensorList 
                     const at::Tensor& vals, const at::Tensor& hparams, at::IntArrayRef tensor_group, bool adamw,
                     const std::optional<at::Tensor>& grad_scale, const std::optional<at::Tensor>& found_inf) {
   const size_t n = params.size();
-  TORCH_CHECK_VALUE(grads.size() == n && exp_avgs.size() == n && exp_avg_sqs.size() == n && state_steps.size() == n,
-                    "params, grads, exp_avgs, exp_avg_sqs and state_steps must have the same length");
-  TORCH_CHECK_VALUE(max_exp_avg_sqs.empty() || max_exp_avg_sqs.size() == n,
-                    "max_exp_avg_sqs must be empty or have one tensor per param");
-  TORCH_CHECK_VALUE(tensor_group.size() == n, "tensor_group has ", tensor_group.size(), " entries for ", n,
-                    " params");
+  check_adam_lists(n, grads.size(), exp_avgs.size(), exp_avg_sqs.size(), max_exp_avg_sqs.size(), state_steps.size(),
+                   tensor_group.size());
   const c10::Device device = sched_step.device();
   const c10::cuda::CUDAGuard guard(device);
   std::vector<Entry> entries(n);
@@ -328,13 +324,7 @@ void sgd_step_cuda(at::TensorList params, at::TensorList grads, at::TensorList m
                    c10::List<bool> is_first_step, const std::optional<at::Tensor>& grad_scale,
                    const std::optional<at::Tensor>& found_inf) {
   const size_t n = params.size();
-  TORCH_CHECK_VALUE(grads.size() == n, "params and grads must have the same length");
-  TORCH_CHECK_VALUE(momentum_buffers.empty() || momentum_buffers.size() == n,
-                    "momentum_buffers must be empty or have one tensor per param");
-  TORCH_CHECK_VALUE(is_first_step.size() == 0 || is_first_step.size() == n,
-                    "is_first_step must be empty or have one flag per param");
-  TORCH_CHECK_VALUE(tensor_group.size() == n, "tensor_group has ", tensor_group.size(), " entries for ", n,
-                    " params");
+  check_sgd_lists(n, grads.size(), momentum_buffers.size(), is_first_step.size(), tensor_group.size());
   const c10::Device device = sched_step.device();
   const c10::cuda::CUDAGuard guard(device);
   std::vector<Entry> entries(n);
