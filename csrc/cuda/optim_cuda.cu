@@ -109,12 +109,15 @@ __device__ void adam_chunk(const Entry& e, int64_t start, double lr, const doubl
   using T = std::conditional_t<std::is_same_v<S, double>, double, float>;
   const auto s = adam_cuda_scalars<T>(lr, h[kBeta1], h[kBeta2], h[kEps], h[kWeightDecay],
                                       h[kAmsgrad] != 0.0 && e.s3 != nullptr, h[kMaximize] != 0.0, *e.step + 1.0f);
-  S* p = static_cast<S*>(e.p);
-  S* g = static_cast<S*>(e.g);
-  S* m = static_cast<S*>(e.s1);
-  S* v = static_cast<S*>(e.s2);
-  S* vm = static_cast<S*>(e.s3);
+  // Distinct tensors (torch gives each param, grad and state its own storage): __restrict__ lets the
+  // unrolled loop issue the next elements' loads before this element's stores.
+  S* __restrict__ p = static_cast<S*>(e.p);
+  S* __restrict__ g = static_cast<S*>(e.g);
+  S* __restrict__ m = static_cast<S*>(e.s1);
+  S* __restrict__ v = static_cast<S*>(e.s2);
+  S* __restrict__ vm = static_cast<S*>(e.s3);
   const int64_t end = start + kChunkElems < e.numel ? start + kChunkElems : e.numel;
+#pragma unroll 4
   for (int64_t i = start + threadIdx.x; i < end; i += blockDim.x) {
     T gi = T(to_op(g[i]));
     if (gs) {
@@ -134,11 +137,12 @@ __device__ void adam_chunk(const Entry& e, int64_t start, double lr, const doubl
 template <class S>
 __device__ void sgd_chunk(const Entry& e, int64_t start, double lr, const double* h, const float* gs) {
   using T = std::conditional_t<std::is_same_v<S, double>, double, float>;
-  S* p = static_cast<S*>(e.p);
-  S* g = static_cast<S*>(e.g);
-  S* b = static_cast<S*>(e.s1);
+  S* __restrict__ p = static_cast<S*>(e.p);
+  S* __restrict__ g = static_cast<S*>(e.g);
+  S* __restrict__ b = static_cast<S*>(e.s1);
   const bool has_m = h[kMomentum] != 0.0 && e.s1 != nullptr;
   const int64_t end = start + kChunkElems < e.numel ? start + kChunkElems : e.numel;
+#pragma unroll 4
   for (int64_t i = start + threadIdx.x; i < end; i += blockDim.x) {
     T gi = T(to_op(g[i]));
     if (gs) {
