@@ -8,6 +8,8 @@ carries the same schedule converted with ``from_torch`` and computes the LR insi
 Implementations (``impl`` column):
   ours                 warmup_fused.AdamW / SGD, eager (one fused op per step)
   ours+graph           the same, its step() captured once in a CUDA graph and replayed (GPU only)
+  ours-constlr(+graph) the same kernel with a constant-LR program (schedule=None): the schedule's own cost
+                       is ours / ours-constlr - 1, printed as a note
   torch-forloop        torch.optim.X(foreach=False)
   torch-foreach        torch.optim.X(foreach=True)
   torch-fused          torch.optim.X(fused=True)
@@ -143,6 +145,9 @@ def ours_available() -> tuple[bool, str]:
     return True, ""
 
 
+CONST_LR = "ours-constlr"  # same kernel, constant-LR program: the reference for the schedule's own cost
+
+
 def make_ours(kind: str, params, schedule):
     import warmup_fused
 
@@ -232,7 +237,8 @@ def run_variant(v: dict, master_p, master_g, device: str, warmup: int, repeat: i
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         if impl.startswith("ours"):
-            opt, sched = make_ours(kind, params, ours_sched), None
+            # ours-constlr: the same kernel with a constant program (schedule=None), to price the schedule.
+            opt, sched = make_ours(kind, params, None if impl.startswith(CONST_LR) else ours_sched), None
         else:
             form = impl.replace("torch-", "").replace("+graph", "")
             opt = make_torch(kind, params, form, device)
@@ -292,9 +298,10 @@ def _bits_equal(a, b) -> bool:
 def variants(device: str, have_ours: bool, warmup_total: tuple[int, int]) -> list[dict]:
     out = []
     for kind in ("AdamW", "SGD"):
-        impls = (["ours"] if have_ours else []) + ["torch-forloop", "torch-foreach", "torch-fused"]
+        impls = (["ours", CONST_LR] if have_ours else []) + ["torch-forloop", "torch-foreach", "torch-fused"]
         if device == "cuda":
-            impls += ["torch-fused-capt"] + (["ours+graph"] if have_ours else []) + ["torch-fused-capt+graph"]
+            impls += (["torch-fused-capt"] + (["ours+graph", CONST_LR + "+graph"] if have_ours else [])
+                      + ["torch-fused-capt+graph"])
         out += [{"optimizer": kind, "impl": i, "schedule": warmup_total} for i in impls]
     return out
 
@@ -373,7 +380,7 @@ def cmd_bench(args) -> int:
                 row["pct_copy"] = 100.0 * row["gbps"] / copy_gbps
                 if v["impl"] == "ours":
                     ours_final[v["optimizer"]] = final
-                elif final is not None and v["optimizer"] in ours_final:
+                elif final is not None and v["optimizer"] in ours_final and not v["impl"].startswith(CONST_LR):
                     row["bit_equal"] = _bits_equal(final, ours_final[v["optimizer"]])
                 del final
             except Exception as exc:
@@ -387,11 +394,17 @@ def cmd_bench(args) -> int:
 
     # x-ours: peer median / ours median, same set, optimizer and mode.
     ours_med = {(r["set"], r["optimizer"], r["mode"]): r["median_s"]
-                for r in rows if r["impl"].startswith("ours") and "median_s" in r}
+                for r in rows if r["impl"] in ("ours", "ours+graph") and "median_s" in r}
     for r in rows:
         key = (r["set"], r["optimizer"], r["mode"])
-        if "median_s" in r and key in ours_med and not r["impl"].startswith("ours"):
+        if "median_s" in r and key in ours_med and r["impl"] not in ("ours", "ours+graph"):
             r["ratio_vs_ours"] = r["median_s"] / ours_med[key]
+    # The in-kernel schedule's cost: ours (warmup-cosine program) over ours-constlr, same set and mode.
+    sched_cost = [f"{r['set']} {r['optimizer']} {r['mode']}: {100.0 * (1.0 / r['ratio_vs_ours'] - 1.0):+.2f}%"
+                  for r in rows if r["impl"].startswith(CONST_LR) and "ratio_vs_ours" in r]
+    if sched_cost:
+        notes.append("in-kernel schedule cost (ours / ours-constlr - 1; medians, noise included): "
+                     + "; ".join(sched_cost))
 
     env = environment(device)
     table = render_table(rows, device)
@@ -465,7 +478,7 @@ def render_table(rows, device) -> str:
                         "-"])
             continue
         if r["impl"].startswith("ours"):
-            bit = "(ref)" if r["mode"] == "eager" else "-"
+            bit = "(ref)" if r["impl"] == "ours" else "-"
         else:
             bit = {True: "yes", False: "no"}.get(r.get("bit_equal"), "-")
         out.append([r["set"], f"{r['params'] / 1e6:.1f}M", r["optimizer"], r["impl"], _fmt_time(r["median_s"]),
