@@ -15,7 +15,31 @@ void validate_program(const at::Tensor& ints, const at::Tensor& vals);
 // Checks dtype/device/contiguity of a program's tensors against `device` (does not read them).
 void check_program_tensors(const at::Tensor& ints, const at::Tensor& vals, const c10::Device& device);
 
-// Length checks of the optimizer ops' tensor lists, shared by the CPU and CUDA implementations.
+// Per-tensor checks of the optimizer ops, shared by the CPU and CUDA implementations.
+// params[i]: on `device`, float32/float64/float16/bfloat16, contiguous; its group index within `groups`.
+inline void check_param(const at::Tensor& p, int64_t group, int64_t groups, const c10::Device& device, size_t i) {
+  TORCH_CHECK_VALUE(p.device() == device, "params[", i, "] is on ", p.device(), "; this call runs on ", device);
+  TORCH_CHECK_TYPE(p.scalar_type() == at::kFloat || p.scalar_type() == at::kDouble ||
+                       p.scalar_type() == at::kHalf || p.scalar_type() == at::kBFloat16,
+                   "params[", i, "]: unsupported dtype ", p.scalar_type(),
+                   " (float32, float64, float16 and bfloat16 are supported)");
+  TORCH_CHECK_VALUE(p.is_contiguous(), "params[", i, "] must be contiguous");
+  TORCH_CHECK_VALUE(group >= 0 && group < groups, "tensor_group[", i, "] = ", group,
+                    " is not a group of the schedule (", groups, " groups)");
+}
+
+// what[i] (a grad or a state): the device, dtype and shape of its param, contiguous.
+inline void check_like(const at::Tensor& param, const at::Tensor& t, const char* what, size_t i) {
+  TORCH_CHECK_VALUE(t.device() == param.device(), what, "[", i, "] is on ", t.device(), ", its param on ",
+                    param.device());
+  TORCH_CHECK_TYPE(t.scalar_type() == param.scalar_type(), what, "[", i, "] is ", t.scalar_type(), ", its param ",
+                   param.scalar_type());
+  TORCH_CHECK_VALUE(t.sizes() == param.sizes(), what, "[", i, "] has shape ", t.sizes(), ", its param ",
+                    param.sizes());
+  TORCH_CHECK_VALUE(t.is_contiguous(), what, "[", i, "] must be contiguous");
+}
+
+// Length checks of the optimizer ops' tensor lists.
 inline void check_adam_lists(size_t n, size_t grads, size_t exp_avgs, size_t exp_avg_sqs, size_t max_exp_avg_sqs,
                              size_t state_steps, size_t tensor_group) {
   TORCH_CHECK_VALUE(grads == n && exp_avgs == n && exp_avg_sqs == n && state_steps == n,

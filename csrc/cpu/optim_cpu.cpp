@@ -188,24 +188,6 @@ void sgd_range_dispatch(void* p, void* g, void* b, bool first, const SgdScalars<
 
 // ------------------------------------------------------------------------------------------- shared checks
 
-void check_same(const at::Tensor& ref, const at::Tensor& t, const char* what, size_t i) {
-  TORCH_CHECK_VALUE(t.device() == ref.device(), what, "[", i, "] is on ", t.device(), ", its param on ",
-                    ref.device());
-  TORCH_CHECK_TYPE(t.scalar_type() == ref.scalar_type(), what, "[", i, "] is ", t.scalar_type(), ", its param ",
-                   ref.scalar_type());
-  TORCH_CHECK_VALUE(t.sizes() == ref.sizes(), what, "[", i, "] has shape ", t.sizes(), ", its param ", ref.sizes());
-  TORCH_CHECK_VALUE(t.is_contiguous(), what, "[", i, "] must be contiguous");
-}
-
-void check_param(const at::Tensor& p, size_t i) {
-  TORCH_CHECK_VALUE(p.device().is_cpu(), "params[", i, "] is on ", p.device(), "; this kernel runs on the CPU");
-  TORCH_CHECK_TYPE(p.scalar_type() == at::kFloat || p.scalar_type() == at::kDouble ||
-                       p.scalar_type() == at::kHalf || p.scalar_type() == at::kBFloat16,
-                   "params[", i, "]: unsupported dtype ", p.scalar_type(),
-                   " (float32, float64, float16 and bfloat16 are supported)");
-  TORCH_CHECK_VALUE(p.is_contiguous(), "params[", i, "] must be contiguous");
-}
-
 // Reads the schedule step, evaluates every group's LR (written to last_lr) and returns them.
 std::vector<double> eval_lrs(const at::Tensor& sched_step, const at::Tensor& last_lr, const at::Tensor& ints,
                              const at::Tensor& vals, const at::Tensor& hparams, int64_t k) {
@@ -234,12 +216,6 @@ const float* scalar_ptr(const std::optional<at::Tensor>& t, const char* name) {
   return t->data_ptr<float>();
 }
 
-void check_groups(at::IntArrayRef tensor_group, size_t n, int64_t groups) {
-  for (size_t i = 0; i < n; ++i)
-    TORCH_CHECK_VALUE(tensor_group[i] >= 0 && tensor_group[i] < groups, "tensor_group[", i, "] = ", tensor_group[i],
-                      " is not a group of the schedule (", groups, " groups)");
-}
-
 struct Work {
   int64_t tensor, begin, end;
 };
@@ -263,16 +239,15 @@ void adam_step_cpu(at::TensorList params, at::TensorList grads, at::TensorList e
                    tensor_group.size());
   const std::vector<double> lrs = eval_lrs(sched_step, last_lr, ints, vals, hparams, kAdamHparams);
   const int64_t groups = int64_t(lrs.size());
-  check_groups(tensor_group, n, groups);
   const double* hp = hparams.data_ptr<double>();
   for (size_t i = 0; i < n; ++i) {
-    check_param(params[i], i);
-    check_same(params[i], grads[i], "grads", i);
-    check_same(params[i], exp_avgs[i], "exp_avgs", i);
-    check_same(params[i], exp_avg_sqs[i], "exp_avg_sqs", i);
+    check_param(params[i], tensor_group[i], groups, c10::Device(c10::kCPU), i);
+    check_like(params[i], grads[i], "grads", i);
+    check_like(params[i], exp_avgs[i], "exp_avgs", i);
+    check_like(params[i], exp_avg_sqs[i], "exp_avg_sqs", i);
     if (hp[tensor_group[i] * kAdamHparams + kAmsgrad] != 0.0) {
       TORCH_CHECK_VALUE(!max_exp_avg_sqs.empty(), "params[", i, "] uses amsgrad but max_exp_avg_sqs is empty");
-      check_same(params[i], max_exp_avg_sqs[i], "max_exp_avg_sqs", i);
+      check_like(params[i], max_exp_avg_sqs[i], "max_exp_avg_sqs", i);
     }
     TORCH_CHECK_TYPE(state_steps[i].scalar_type() == at::kFloat && state_steps[i].numel() == 1 &&
                          state_steps[i].device().is_cpu(),
@@ -325,14 +300,13 @@ void sgd_step_cpu(at::TensorList params, at::TensorList grads, at::TensorList mo
   const size_t n = params.size();
   check_sgd_lists(n, grads.size(), momentum_buffers.size(), is_first_step.size(), tensor_group.size());
   const std::vector<double> lrs = eval_lrs(sched_step, last_lr, ints, vals, hparams, kSgdHparams);
-  check_groups(tensor_group, n, int64_t(lrs.size()));
   const double* hp = hparams.data_ptr<double>();
   for (size_t i = 0; i < n; ++i) {
-    check_param(params[i], i);
-    check_same(params[i], grads[i], "grads", i);
+    check_param(params[i], tensor_group[i], int64_t(lrs.size()), c10::Device(c10::kCPU), i);
+    check_like(params[i], grads[i], "grads", i);
     if (hp[tensor_group[i] * kSgdHparams + kMomentum] != 0.0) {
       TORCH_CHECK_VALUE(!momentum_buffers.empty(), "params[", i, "] uses momentum but momentum_buffers is empty");
-      check_same(params[i], momentum_buffers[i], "momentum_buffers", i);
+      check_like(params[i], momentum_buffers[i], "momentum_buffers", i);
     }
   }
   const float* gs = scalar_ptr(grad_scale, "grad_scale");

@@ -193,26 +193,14 @@ __global__ void __launch_bounds__(kThreads) optim_kernel(LaunchArgs a) {
 
 // ------------------------------------------------------------------------------------------------- host
 
-int32_t dtype_code(const at::Tensor& t, size_t i) {
+// The kernel's dtype switch (params were validated by check_param).
+int32_t dtype_code(const at::Tensor& t) {
   switch (t.scalar_type()) {
     case at::kFloat: return kF32;
     case at::kDouble: return kF64;
     case at::kHalf: return kF16;
-    case at::kBFloat16: return kBF16;
-    default:
-      TORCH_CHECK_TYPE(false, "params[", i, "]: unsupported dtype ", t.scalar_type(),
-                       " (float32, float64, float16 and bfloat16 are supported)");
+    default: return kBF16;
   }
-  return kF32;
-}
-
-void check_like(const at::Tensor& ref, const at::Tensor& t, const char* what, size_t i) {
-  TORCH_CHECK_VALUE(t.device() == ref.device(), what, "[", i, "] is on ", t.device(), ", its param on ",
-                    ref.device());
-  TORCH_CHECK_TYPE(t.scalar_type() == ref.scalar_type(), what, "[", i, "] is ", t.scalar_type(), ", its param ",
-                   ref.scalar_type());
-  TORCH_CHECK_VALUE(t.sizes() == ref.sizes() && t.is_contiguous(), what, "[", i,
-                    "] must be contiguous with its param's shape");
 }
 
 // Returns the cached device table for these entries (built and uploaded only when they change).
@@ -301,10 +289,7 @@ void adam_step_cuda(at::TensorList params, at::TensorList grads, at::TensorList 
   const c10::cuda::CUDAGuard guard(device);
   std::vector<Entry> entries(n);
   for (size_t i = 0; i < n; ++i) {
-    TORCH_CHECK_VALUE(params[i].device() == device && params[i].is_contiguous(), "params[", i,
-                      "] must be a contiguous tensor on ", device);
-    TORCH_CHECK_VALUE(tensor_group[i] >= 0 && tensor_group[i] < hparams.size(0), "tensor_group[", i, "] = ",
-                      tensor_group[i], " is not a group");
+    check_param(params[i], tensor_group[i], hparams.size(0), device, i);
     check_like(params[i], grads[i], "grads", i);
     check_like(params[i], exp_avgs[i], "exp_avgs", i);
     check_like(params[i], exp_avg_sqs[i], "exp_avg_sqs", i);
@@ -316,7 +301,7 @@ void adam_step_cuda(at::TensorList params, at::TensorList grads, at::TensorList 
                      "state_steps[", i, "] must be a float32 tensor with one element on ", device);
     entries[i] = {params[i].data_ptr(), grads[i].data_ptr(), exp_avgs[i].data_ptr(), exp_avg_sqs[i].data_ptr(),
                   ams ? max_exp_avg_sqs[i].data_ptr() : nullptr, state_steps[i].data_ptr<float>(),
-                  params[i].numel(), int32_t(tensor_group[i]), dtype_code(params[i], i), 0, 0};
+                  params[i].numel(), int32_t(tensor_group[i]), dtype_code(params[i]), 0, 0};
   }
   launch(true, entries, device, sched_step, last_lr, ints, vals, hparams, kAdamHparams, adamw, grad_scale,
          found_inf);
@@ -333,16 +318,13 @@ void sgd_step_cuda(at::TensorList params, at::TensorList grads, at::TensorList m
   const c10::cuda::CUDAGuard guard(device);
   std::vector<Entry> entries(n);
   for (size_t i = 0; i < n; ++i) {
-    TORCH_CHECK_VALUE(params[i].device() == device && params[i].is_contiguous(), "params[", i,
-                      "] must be a contiguous tensor on ", device);
-    TORCH_CHECK_VALUE(tensor_group[i] >= 0 && tensor_group[i] < hparams.size(0), "tensor_group[", i, "] = ",
-                      tensor_group[i], " is not a group");
+    check_param(params[i], tensor_group[i], hparams.size(0), device, i);
     check_like(params[i], grads[i], "grads", i);
     const bool has_buf = !momentum_buffers.empty() && momentum_buffers[i].numel() == params[i].numel() &&
                          params[i].numel() > 0;
     if (has_buf) check_like(params[i], momentum_buffers[i], "momentum_buffers", i);
     entries[i] = {params[i].data_ptr(), grads[i].data_ptr(), has_buf ? momentum_buffers[i].data_ptr() : nullptr,
-                  nullptr, nullptr, nullptr, params[i].numel(), int32_t(tensor_group[i]), dtype_code(params[i], i),
+                  nullptr, nullptr, nullptr, params[i].numel(), int32_t(tensor_group[i]), dtype_code(params[i]),
                   is_first_step.size() ? int32_t(bool(is_first_step.get(i))) : 0, 0};
   }
   launch(false, entries, device, sched_step, last_lr, ints, vals, hparams, kSgdHparams, false, grad_scale,
