@@ -476,3 +476,35 @@ def test_cuda_compile_reduce_overhead():
             p.grad = torch.randn_like(p)
         opt_step()
     assert int(opt.sched_step()) == 5
+
+
+def test_step_under_torch_compile_cpu():
+    """opt.step() through dynamo + AOTAutograd with no graph break: the op traces via its fake kernel and
+    mutation schema; the compiled run is bit-identical to eager (aot_eager keeps the kernels)."""
+    torch.manual_seed(0)
+    model, twin = MLP(), MLP()
+    twin.load_state_dict(model.state_dict())
+    sched = schedules.warmup_cosine(40, warmup=5)
+    opt, twin_opt = AdamW(model.parameters(), lr=1e-2, schedule=sched), AdamW(twin.parameters(), lr=1e-2,
+                                                                              schedule=sched)
+    x, y = torch.randn(16, 13), torch.randn(16, 5)
+    torch._dynamo.reset()
+    torch._dynamo.utils.counters.clear()
+    graphs = []
+
+    def recording_aot_eager(gm, example_inputs):  # what dynamo captured, then AOTAutograd with eager kernels
+        graphs.append(gm.code)
+        return torch._dynamo.backends.registry.lookup_backend("aot_eager")(gm, example_inputs)
+
+    compiled_step = torch.compile(lambda: opt.step(), backend=recording_aot_eager)
+    for _ in range(12):
+        for m, step in ((model, compiled_step), (twin, twin_opt.step)):
+            m.zero_grad(set_to_none=False)
+            torch.nn.functional.mse_loss(m(x), y).backward()
+            step()
+    assert not torch._dynamo.utils.counters["graph_break"], dict(torch._dynamo.utils.counters["graph_break"])
+    assert graphs and all("warmup_fused.adam_step" in code for code in graphs)
+    assert int(opt.sched_step()) == 12
+    assert torch.equal(opt.last_lr(), twin_opt.last_lr())
+    for p, q in zip(model.parameters(), twin.parameters()):
+        assert torch.equal(p, q)
