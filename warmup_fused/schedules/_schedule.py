@@ -254,9 +254,15 @@ def _steps_tensor(steps) -> torch.Tensor:
     return steps_t
 
 
-def expr_phases(*phases: tuple[int, Union[Expr, float]]) -> list[tuple[int, Expr]]:
-    """Normalises (begin, expression-or-number) pairs."""
-    return [(int(b), lift(e)) for b, e in phases]
+def normalise_phases(phases) -> list:
+    """(begin, body) pairs in order, numbers lifted to constants; a phase that begins at or before an earlier
+    one replaces it (as the reference's if/elif chain would never reach the earlier one)."""
+    out = []
+    for begin, body in phases:
+        while out and out[-1][0] >= begin:
+            out.pop()
+        out.append((begin, body if isinstance(body, (Expr, Recorded)) else lift(body)))
+    return out
 
 
-__all__ = ["Schedule", "Recorded", "BASE", "expr_phases", "MAX_STEP"]
+__all__ = ["Schedule", "Recorded", "BASE", "normalise_phases", "MAX_STEP"]

@@ -23,7 +23,7 @@ import torch
 from torch.optim import lr_scheduler as lrs
 
 from .._expr import BASE, LOCAL, PI, STEP, Expr, cos, pmax, pmin, sqrt
-from ._schedule import Recorded, Schedule
+from ._schedule import Recorded, Schedule, normalise_phases
 
 
 def _f(x) -> float:
@@ -122,7 +122,7 @@ def _hf_wsd(kw):
     decay_begin = max(w, w + stable)
     end = max(decay_begin, w + stable + decay)
     phases = [(0, pmax(0.0, warm)), (w, 1.0), (decay_begin, pmax(0.0, cool)), (end, _f(ratio))]
-    return _drop_empty(phases)
+    return normalise_phases(phases)
 
 
 _HF_FUNCTIONS: dict[str, Callable] = {
@@ -154,18 +154,6 @@ def _first_step(pred, start: int, limit: int = 2**53) -> int:
     return lo
 
 
-def _drop_empty(phases):
-    """Keeps, for each begin, the last phase (a later phase starting at the same step replaces it)."""
-    out = []
-    for begin, body in phases:
-        while out and out[-1][0] >= begin:
-            out.pop()
-        out.append((begin, body))
-    if out and out[0][0] != 0:
-        raise ValueError("phases must start at step 0")
-    return out
-
-
 def _hf_phases(fn) -> list | None:
     import inspect
 
@@ -187,7 +175,7 @@ def _hf_phases(fn) -> list | None:
     kw.update(keywords)
     if any(p.kind is p.KEYWORD_ONLY and k not in kw for k, p in params.items()):
         return None  # not the call the reference makes: let it be recorded (and fail as it would)
-    return _drop_empty(build(kw))
+    return normalise_phases(build(kw))
 
 
 # ------------------------------------------------------------ helpers

@@ -38,7 +38,7 @@ from dataclasses import dataclass
 from typing import Sequence, Union
 
 from .._expr import _BASE, BASE, LOCAL, PI, STEP, Expr, Op, cos, exp, lift, pmax, pmin, repeat_mul, sqrt
-from ._schedule import MAX_STEP, Recorded, Schedule
+from ._schedule import MAX_STEP, Recorded, Schedule, normalise_phases
 
 Number = Union[int, float]
 
@@ -96,16 +96,6 @@ def _shift(e: Expr, step_by: int = 0, local_by: int = 0) -> Expr:
     """
     return _subst(e, step=STEP - float(step_by) if step_by else None,
                   local=LOCAL + float(local_by) if local_by else None)
-
-
-def _normalise(phases):
-    """Sorted (begin, expr) with later phases replacing earlier ones that begin at or after them."""
-    out = []
-    for begin, body in phases:
-        while out and out[-1][0] >= begin:
-            out.pop()
-        out.append((begin, body if isinstance(body, (Expr, Recorded)) else lift(body)))
-    return out
 
 
 def _hold(phases, step: int) -> Expr:
@@ -197,7 +187,7 @@ def _as_warmup(warmup) -> Warmup:
 def _schedule(name: str, phases, natural_horizon: int | None = None, *, base_lr: Union[Number, Sequence[Number]] = 1.0,
               steps_per_epoch: int = 1, horizon: int | None = None, exact: bool = True) -> Schedule:
     horizon = natural_horizon if horizon is None else _int("horizon", horizon)
-    return Schedule([_normalise(phases)], _base_lrs(base_lr), steps_per_epoch=_int("steps_per_epoch", steps_per_epoch, 1),
+    return Schedule([normalise_phases(phases)], _base_lrs(base_lr), steps_per_epoch=_int("steps_per_epoch", steps_per_epoch, 1),
                     horizon=horizon, exact=exact, name=name)
 
 
@@ -207,7 +197,7 @@ def _warmup_then(name: str, warmup, decay, *, local: bool, total: int | None = N
 
     ``local``: the decay's STEP and begins count from the end of the warmup (torch schedulers after
     SequentialLR / GradualWarmupScheduler); else they are global (transformers), and the decay phase active
-    at ``w`` is cut to begin there (``_normalise`` drops the ones it replaces).
+    at ``w`` is cut to begin there (``normalise_phases`` drops the ones it replaces).
     """
     wu = _as_warmup(warmup)
     w = wu.steps
@@ -524,7 +514,7 @@ def one_cycle(total_steps: int, *, pct_start: float = 0.3, anneal_strategy: str 
             phases.append((begin, lr))
         reached = max(reached, end)
         start = end
-    phases = _normalise(phases)
+    phases = normalise_phases(phases)
     phases.append((n, _hold(phases, n - 1)))
     return _schedule("one_cycle", phases, n, **common)
 
