@@ -44,6 +44,18 @@ WF_HOST_DEVICE T adam_denom(T v, T& vmax, bool amsgrad, T bc2_sqrt, T eps) {
 
 // ------------------------------------------------------------------------------------------------- CPU (torch)
 
+// Loads grad[i] as torch's CPU kernels do: divided by the AMP grad scale (and stored back) when there is one,
+// then times sign = -1 for maximize (torch's vector loop multiplies by -1; the tail negates: the same value).
+template <bool kScaled, class T, class S>
+WF_HOST_DEVICE T cpu_grad(S* g, int64_t i, T scale, T sign) {
+  T gi = T(g[i]);
+  if constexpr (kScaled) {
+    gi = gi / scale;
+    g[i] = S(gi);
+  }
+  return gi * sign;
+}
+
 // Scalars of one CPU Adam step for one tensor, in the opmath type T, derived exactly as torch's CPU kernel does.
 template <class T>
 struct AdamCpuScalars {
@@ -74,7 +86,8 @@ WF_HOST_DEVICE AdamCpuScalars<T> adam_cpu_scalars(double lr, double beta1, doubl
   return s;
 }
 
-// One element. p, m, v, vmax are opmath values (loaded and stored by the caller); g is the already unscaled grad.
+// One element. p, m, v, vmax are opmath values (loaded and stored by the caller); g is the grad already
+// unscaled and, for maximize, multiplied by -1 (cpu_grad below; the same in sgd_cpu_update).
 // kVec: the element lies in torch's Vectorized main loop; else in its scalar tail.
 //
 // torch compiles its AVX2/AVX512 kernels with GCC's default -ffp-contract=fast and -mfma, so GCC fuses some of
@@ -87,7 +100,6 @@ WF_HOST_DEVICE AdamCpuScalars<T> adam_cpu_scalars(double lr, double beta1, doubl
 //                                           tail:   fma(exp_avg_sq, beta2, (c2*grad)*grad)
 template <class T, bool kVec, bool kAdamW>
 WF_HOST_DEVICE void adam_cpu_update(T& p, T g, T& m, T& v, T& vmax, const AdamCpuScalars<T>& s) {
-  if (s.maximize) g = -g;  // vector loop: g * -1, same value
   if (s.has_wd) {
     if (kAdamW) p = p * s.decay;
     else g = std::fma(p, s.wd, g);
@@ -104,7 +116,7 @@ WF_HOST_DEVICE void adam_cpu_update(T& p, T g, T& m, T& v, T& vmax, const AdamCp
 
 template <class T>
 struct SgdScalars {
-  T wd, momentum, one_minus_dampening, neg_lr, lr, maximize_sign;
+  T wd, momentum, one_minus_dampening, neg_lr, lr;
   bool has_wd, has_momentum, nesterov, maximize;
 };
 
@@ -121,7 +133,6 @@ WF_HOST_DEVICE SgdScalars<T> sgd_scalars(double lr, double momentum, double damp
   s.has_momentum = momentum != 0.0;
   s.nesterov = nesterov;
   s.maximize = maximize;
-  s.maximize_sign = maximize ? T(-1) : T(1);
   return s;
 }
 
@@ -131,7 +142,6 @@ WF_HOST_DEVICE SgdScalars<T> sgd_scalars(double lr, double momentum, double damp
 //                                         tail:   fma(buf, momentum, grad*(1-dampening))
 template <class T, bool kVec>
 WF_HOST_DEVICE void sgd_cpu_update(T& p, T g, T& buf, bool first, const SgdScalars<T>& s) {
-  if (s.maximize) g = -g;
   if (s.has_wd) g = std::fma(p, s.wd, g);
   if (s.has_momentum) {
     if (first) buf = g;

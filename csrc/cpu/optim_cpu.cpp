@@ -42,7 +42,6 @@ struct AdamTensorArgs {
   int64_t numel, vec_end;
   int64_t group;
   float step;
-  bool maximize;
 };
 
 // The hot loops. Flags that torch's kernel tests per element are template parameters here, so that each
@@ -59,8 +58,7 @@ WF_INLINE void adam_loop(const AdamTensorArgs& t, AdamCpuScalars<opmath_of<scala
   using T = opmath_of<scalar_t>;
   s.amsgrad = kAmsgrad;  // constants from here on: the branches in adam_cpu_update fold away
   s.has_wd = kHasWd;
-  s.maximize = false;
-  const T sign = t.maximize ? T(-1) : T(1);  // -g == g * -1 exactly (torch's vector loop does the latter)
+  const T sign = s.maximize ? T(-1) : T(1);
   scalar_t* __restrict p = static_cast<scalar_t*>(t.p);
   scalar_t* __restrict g = static_cast<scalar_t*>(t.g);
   scalar_t* __restrict m = static_cast<scalar_t*>(t.m);
@@ -68,12 +66,7 @@ WF_INLINE void adam_loop(const AdamTensorArgs& t, AdamCpuScalars<opmath_of<scala
   scalar_t* __restrict vm = static_cast<scalar_t*>(t.vmax);
   const T scale = kScaled ? T(*gs) : T(1);
   for (int64_t i = begin; i < end; ++i) {
-    T gi = T(g[i]);
-    if constexpr (kScaled) {
-      gi = gi / scale;
-      g[i] = scalar_t(gi);
-    }
-    gi = gi * sign;
+    const T gi = cpu_grad<kScaled>(g, i, scale, sign);
     T pi = T(p[i]), mi = T(m[i]), vi = T(v[i]);
     T vmi = kAmsgrad ? T(vm[i]) : T(0);
     adam_cpu_update<T, kVec, kAdamW>(pi, gi, mi, vi, vmi, s);
@@ -111,19 +104,13 @@ WF_INLINE void sgd_loop(void* pv, void* gv, void* bv, SgdScalars<opmath_of<scala
                         int64_t begin, int64_t end) {
   using T = opmath_of<scalar_t>;
   s.has_momentum = kMomentum;
-  s.maximize = false;
-  const T sign = s.maximize_sign;
+  const T sign = s.maximize ? T(-1) : T(1);
   scalar_t* __restrict p = static_cast<scalar_t*>(pv);
   scalar_t* __restrict g = static_cast<scalar_t*>(gv);
   scalar_t* __restrict b = static_cast<scalar_t*>(bv);
   const T scale = kScaled ? T(*gs) : T(1);
   for (int64_t i = begin; i < end; ++i) {
-    T gi = T(g[i]);
-    if constexpr (kScaled) {
-      gi = gi / scale;
-      g[i] = scalar_t(gi);
-    }
-    gi = gi * sign;
+    const T gi = cpu_grad<kScaled>(g, i, scale, sign);
     T pi = T(p[i]);
     T bi = (kMomentum && !kFirst) ? T(b[i]) : T(0);
     sgd_cpu_update<T, kVec>(pi, gi, bi, kFirst, s);
@@ -266,8 +253,7 @@ void adam_step_cpu(at::TensorList params, at::TensorList grads, at::TensorList e
       const int64_t vw = vector_bytes() / int64_t(params[i].element_size());
       const bool ams = hp[tensor_group[i] * kAdamHparams + kAmsgrad] != 0.0;
       args[i] = {params[i].data_ptr(), grads[i].data_ptr(), exp_avgs[i].data_ptr(), exp_avg_sqs[i].data_ptr(),
-                 ams ? max_exp_avg_sqs[i].data_ptr() : nullptr, numel, numel - numel % vw, tensor_group[i], *st,
-                 hp[tensor_group[i] * kAdamHparams + kMaximize] != 0.0};
+                 ams ? max_exp_avg_sqs[i].data_ptr() : nullptr, numel, numel - numel % vw, tensor_group[i], *st};
       numels[i] = numel;
     }
     const std::vector<Work> work = make_work(numels);
