@@ -53,7 +53,7 @@ void validate_program(const at::Tensor& ints_t, const at::Tensor& vals_t) {
         int pops, pushes = 1;
         if (op <= kConst) pops = 0;
         else if (op == kRepeatMul) pops = 3;
-        else if (op == kSqrt || op == kCos || op == kExp || op == kLog || op == kTanh) pops = 1;
+        else if (op == kSqrt || op == kCos || op == kExp || op == kLog || op == kTanh || op == kRoundF32) pops = 1;
         else if (op < kNumOps) pops = 2;
         else TORCH_CHECK_VALUE(false, "group ", g, " phase ", p, ": unknown opcode ", op);
         TORCH_CHECK_VALUE(op != kConst || (arg >= 0 && arg < n_vals), "constant index out of bounds");

@@ -48,6 +48,7 @@ enum Op : int64_t {
   kExp,
   kLog,
   kTanh,
+  kRoundF32,    // double(float(a)): round to float32 (Keras/TF schedules compute in float32)
   kNumOps
 };
 
@@ -126,6 +127,7 @@ WF_HOST_DEVICE double schedule_lr(const int64_t* ints, const double* vals, int64
       else if (op == kExp) a = std::exp(a);
       else if (op == kLog) a = std::log(a);
       else if (op == kTanh) a = std::tanh(a);
+      else if (op == kRoundF32) a = double(static_cast<float>(a));
       else if (op == kPow) {  // binary, listed with the transcendentals
         if (sp < 2) return NAN;
         stack[sp - 2] = std::pow(stack[sp - 2], a);

@@ -7,7 +7,7 @@ import torch
 
 import warmup_fused
 from warmup_fused import _ops
-from warmup_fused._expr import BASE, LOCAL, STEP, Op, cos, pmax, pmin, repeat_mul, sqrt
+from warmup_fused._expr import BASE, LOCAL, STEP, Op, cos, pmax, pmin, repeat_mul, round_f32, sqrt
 from warmup_fused.schedules import Schedule
 
 
@@ -47,6 +47,9 @@ def test_python_semantics_of_ops():
         (STEP // 3.0, lambda s: float(s // 3)),
         (sqrt(STEP + 1.0), lambda s: math.sqrt(s + 1.0)),
         (repeat_mul(0.1, 0.5, STEP // 10.0), None),
+        # float32 rounding of a double: what numpy.float32 does (ties to even, overflow to inf)
+        (round_f32(STEP / 3.0 + 1e-3), lambda s: float(torch.tensor(s / 3.0 + 1e-3, dtype=torch.float64).float())),
+        (round_f32(STEP * 1e37), lambda s: float(torch.tensor(s * 1e37, dtype=torch.float64).float())),
     ]
     for expr, ref in expr_cases:
         got = Schedule([[(0, expr)]]).lr_at(range(200))[0]

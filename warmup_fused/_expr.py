@@ -31,6 +31,7 @@ class Op(enum.IntEnum):  # must match enum Op in csrc/schedule.h
     EXP = 15
     LOG = 16
     TANH = 17
+    ROUND_F32 = 18
 
 
 TRANSCENDENTAL = frozenset({Op.COS, Op.POW, Op.EXP, Op.LOG, Op.TANH})
@@ -122,6 +123,11 @@ def cos(a: Operand) -> Expr: return Expr(Op.COS, (lift(a),))
 def exp(a: Operand) -> Expr: return Expr(Op.EXP, (lift(a),))
 def log(a: Operand) -> Expr: return Expr(Op.LOG, (lift(a),))
 def tanh(a: Operand) -> Expr: return Expr(Op.TANH, (lift(a),))
+
+
+def round_f32(a: Operand) -> Expr:
+    """``float(numpy.float32(a))``: rounds to the nearest float32 (exact on every device: a conversion)."""
+    return Expr(Op.ROUND_F32, (lift(a),))
 
 
 def repeat_mul(x: Operand, factor: Operand, times: Operand) -> Expr:
