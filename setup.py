@@ -47,7 +47,9 @@ cxx_flags = ["-O3", "-std=c++20", "-ffp-contract=off", "-fno-fast-math", "-fno-m
 # libgomp.so.1 torch bundles is the one that gets used (same soname, already loaded by `import torch`).
 openmp = [] if sys.platform == "darwin" else ["-fopenmp"]
 cxx_flags += openmp
-nvcc_flags = ["-O3", "-std=c++20", "-fmad=false", "-lineinfo"]
+# nvcc's default -fmad=true, as torch builds its fused optimizers (their bias corrections' pow must contract the
+# same way); csrc/schedule.h keeps the schedule arithmetic uncontracted with __dadd_rn & co.
+nvcc_flags = ["-O3", "-std=c++20", "-lineinfo"]
 
 sources = ["csrc/ops.cpp"] + sorted(glob.glob("csrc/cpu/*.cpp"))
 define_macros = []

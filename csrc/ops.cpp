@@ -2,6 +2,9 @@
 #include <Python.h>
 #include <torch/library.h>
 
+#include <sstream>
+
+#include "multi_tensor.h"
 #include "program.h"
 
 #ifndef WARMUP_FUSED_BUILD_INFO
@@ -66,6 +69,51 @@ void validate_program(const at::Tensor& ints_t, const at::Tensor& vals_t) {
   }
 }
 
+void check_step_buffers(const at::Tensor& sched_step, const at::Tensor& scratch, const at::Tensor& ints,
+                        const at::Tensor& vals, const at::Tensor& hparams, int64_t cols,
+                        const c10::List<std::optional<at::Tensor>>& lr_tensors,
+                        const std::optional<at::Tensor>& grad_scale, const std::optional<at::Tensor>& found_inf,
+                        const c10::Device& device) {
+  check_program_tensors(ints, vals, device);
+  check_scalar(sched_step, at::kLong, device, "sched_step");
+  TORCH_CHECK_TYPE(hparams.scalar_type() == at::kDouble && hparams.dim() == 2 && hparams.size(1) == cols &&
+                       hparams.size(0) >= 1 && hparams.is_contiguous() && hparams.device() == device,
+                   "hparams must be a contiguous float64 [groups, ", cols, "] tensor on ", device, ", got ",
+                   hparams.scalar_type(), " ", hparams.sizes(), " on ", hparams.device());
+  const int64_t groups = hparams.size(0);
+  TORCH_CHECK_TYPE(scratch.scalar_type() == at::kDouble && scratch.dim() == 1 && scratch.is_contiguous() &&
+                       scratch.numel() >= scratch_words(groups) && scratch.device() == device,
+                   "scratch must be a contiguous float64 tensor of at least ", scratch_words(groups),
+                   " elements on ", device);
+  TORCH_CHECK_VALUE(lr_tensors.empty() || int64_t(lr_tensors.size()) == groups,
+                    "lr_tensors must be empty or have one entry per group");
+  int count = 0;
+  for (size_t g = 0; g < lr_tensors.size(); ++g) {
+    const std::optional<at::Tensor> t = lr_tensors.get(g);
+    if (!t.has_value() || !t->defined()) continue;
+    TORCH_CHECK_TYPE((t->scalar_type() == at::kFloat || t->scalar_type() == at::kDouble) && t->numel() == 1 &&
+                         t->device() == device,
+                     "lr_tensors[", g, "] must be a float32 or float64 tensor with one element on ", device);
+    ++count;
+  }
+  TORCH_CHECK_VALUE(count <= kMaxLrTensors, "at most ", kMaxLrTensors, " param groups can take their lr from a tensor");
+  if (grad_scale.has_value() && grad_scale->defined()) check_scalar(*grad_scale, at::kFloat, device, "grad_scale");
+  if (found_inf.has_value() && found_inf->defined()) check_scalar(*found_inf, at::kFloat, device, "found_inf");
+}
+
+// What Python needs of the layouts in multi_tensor.h, as "name=value;...".
+std::string layout() {
+  std::ostringstream out;
+  out << "lr_source=" << kLrSource << ";host_lr=" << kHostLr << ";momentum_source=" << kMomentumSource
+      << ";host_momentum=" << kHostMomentum << ";beta2=" << kBeta2 << ";eps=" << kEps << ";weight_decay="
+      << kWeightDecay << ";amsgrad=" << kAmsgrad << ";maximize=" << kMaximize << ";decoupled=" << kDecoupled << ";adam_cols=" << kAdamCols
+      << ";dampening=" << kDampening << ";sgd_weight_decay=" << kSgdWeightDecay << ";nesterov=" << kNesterov
+      << ";sgd_maximize=" << kSgdMaximize << ";sgd_cols=" << kSgdCols << ";lr_from_schedule=" << kLrFromSchedule
+      << ";lr_from_host=" << kLrFromHost << ";lr_from_tensor=" << kLrFromTensor << ";scratch_lr=" << kScratchLr
+      << ";scratch_fixed=" << scratch_words(0) << ";max_lr_tensors=" << kMaxLrTensors;
+  return out.str();
+}
+
 }  // namespace warmup_fused
 
 TORCH_LIBRARY(warmup_fused, m) {
@@ -75,23 +123,38 @@ TORCH_LIBRARY(warmup_fused, m) {
   m.def("validate_program(Tensor ints, Tensor vals) -> ()");
   // "cuda=0|1;arch=<TORCH_CUDA_ARCH_LIST>" as built.
   m.def("build_info() -> str", [] { return std::string(WARMUP_FUSED_BUILD_INFO); });
-  // --- optimizer ops (see optim_math.h) ---
-  // One Adam/AdamW step over every param of every group on one device. The kernel reads sched_step, evaluates
-  // lr = schedule_lr(prog, group, step) for each group (written to last_lr, float64 [G]), updates params and
-  // states (per-param float32 state_steps incremented first, as torch does), then advances sched_step by 1.
-  // hparams: float64 [G, 6] = beta1, beta2, eps, weight_decay, amsgrad, maximize. tensor_group[i]: param i's group.
-  // max_exp_avg_sqs: empty, or one per param (read only for params of amsgrad groups). found_inf != 0 skips
-  // the update (params, states, state_steps untouched) but still advances sched_step.
+  // Layout constants shared with Python (multi_tensor.h), "name=value;...".
+  m.def("layout() -> str", [] { return warmup_fused::layout(); });
+  // --- optimizer ops (multi_tensor.h, optim_math.h) ---
+  // One Adam/AdamW step over every param of every group on one device (AdamW where hparams[g, decoupled] != 0). Per group, the LR comes from the schedule
+  // program at sched_step, the group's host value or lr_tensors[g] (hparams[g, lr_source]), beta1 from the host
+  // value or the program's momentum channel; each group's LR is written to scratch (last_lr). Per param, the
+  // float32 state_steps counter advances by one (as torch's _foreach_add_ before its kernel) and the update uses
+  // it; a param whose counter was 0 starts from zero states. found_inf == 1 skips the update and leaves the
+  // counters of the params as they were, but sched_step still advances by one.
+  // hparams: float64 [G, adam_cols] (layout op); scratch: float64 (layout op); lr_tensors: empty or one per group.
+  // max_exp_avg_sqs: empty, or one per param (empty placeholder where the group has no amsgrad).
   m.def("adam_step(Tensor(a!)[] params, Tensor(b!)[] grads, Tensor(c!)[] exp_avgs, Tensor(d!)[] exp_avg_sqs, "
-        "Tensor(e!)[] max_exp_avg_sqs, Tensor(f!)[] state_steps, Tensor(g!) sched_step, Tensor(h!) last_lr, "
-        "Tensor prog_ints, Tensor prog_vals, Tensor hparams, int[] tensor_group, bool adamw, "
+        "Tensor(e!)[] max_exp_avg_sqs, Tensor(f!)[] state_steps, Tensor(g!) sched_step, Tensor(h!) scratch, "
+        "Tensor prog_ints, Tensor prog_vals, Tensor hparams, Tensor?[] lr_tensors, int[] tensor_group, "
         "Tensor? grad_scale=None, Tensor? found_inf=None) -> ()");
-  // One SGD step, same conventions. hparams: float64 [G, 5] = momentum, dampening, weight_decay, nesterov,
-  // maximize. momentum_buffers: empty, or one per param (used for params of groups with momentum != 0).
-  // is_first_step: empty, or one flag per param: the buffer is initialised to the (decayed) grad, as torch does.
-  m.def("sgd_step(Tensor(a!)[] params, Tensor(b!)[] grads, Tensor(c!)[] momentum_buffers, Tensor(d!) sched_step, "
-        "Tensor(e!) last_lr, Tensor prog_ints, Tensor prog_vals, Tensor hparams, int[] tensor_group, "
-        "bool[] is_first_step, Tensor? grad_scale=None, Tensor? found_inf=None) -> ()");
+  // One SGD step, same conventions. state_steps: per-param steps taken (0: the momentum buffer is initialised to
+  // the decayed grad, as torch does on a param's first step). momentum_buffers: empty or one per param (empty
+  // placeholder where the group has no momentum).
+  m.def("sgd_step(Tensor(a!)[] params, Tensor(b!)[] grads, Tensor(c!)[] momentum_buffers, "
+        "Tensor(d!)[] state_steps, Tensor(e!) sched_step, Tensor(f!) scratch, Tensor prog_ints, Tensor prog_vals, "
+        "Tensor hparams, Tensor?[] lr_tensors, int[] tensor_group, Tensor? grad_scale=None, "
+        "Tensor? found_inf=None) -> ()");
+  // The CUDA kernels' code run on CPU tensors (cpu/cuda_emulation.cpp), for tests without a GPU; reference=True
+  // runs a plain per-element loop over optim_math.h's torch-CUDA math instead (the oracle).
+  m.def("adam_step_emulated(Tensor(a!)[] params, Tensor(b!)[] grads, Tensor(c!)[] exp_avgs, "
+        "Tensor(d!)[] exp_avg_sqs, Tensor(e!)[] max_exp_avg_sqs, Tensor(f!)[] state_steps, Tensor(g!) sched_step, "
+        "Tensor(h!) scratch, Tensor prog_ints, Tensor prog_vals, Tensor hparams, Tensor?[] lr_tensors, "
+        "int[] tensor_group, Tensor? grad_scale=None, Tensor? found_inf=None, bool reference=False) -> ()");
+  m.def("sgd_step_emulated(Tensor(a!)[] params, Tensor(b!)[] grads, Tensor(c!)[] momentum_buffers, "
+        "Tensor(d!)[] state_steps, Tensor(e!) sched_step, Tensor(f!) scratch, Tensor prog_ints, Tensor prog_vals, "
+        "Tensor hparams, Tensor?[] lr_tensors, int[] tensor_group, Tensor? grad_scale=None, "
+        "Tensor? found_inf=None, bool reference=False) -> ()");
 }
 
 TORCH_LIBRARY_IMPL(warmup_fused, CPU, m) {

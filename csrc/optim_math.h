@@ -22,21 +22,19 @@
 
 namespace warmup_fused {
 
-// Hyperparameter columns of the float64 [G, k] tables the ops take.
-enum AdamHparam : int { kBeta1 = 0, kBeta2, kEps, kWeightDecay, kAmsgrad, kMaximize, kAdamHparams };
-enum SgdHparam : int { kMomentum = 0, kDampening, kSgdWeightDecay, kNesterov, kSgdMaximize, kSgdHparams };
-
 // NaN-propagating max, like at::vec::maximum (std::max would keep the first operand when either is NaN).
 template <class T>
 WF_HOST_DEVICE T nan_max(T a, T b) {
   return (a != a || b != b) ? (a + b) : (a < b ? b : a);
 }
 
-// sqrt(v) / bias_correction2_sqrt + eps, with amsgrad's running max (updated in place): the same on every backend.
-template <class T>
+// sqrt(v) / bias_correction2_sqrt + eps, with amsgrad's running max (updated in place). The CPU kernels take a
+// NaN-propagating max; torch's CUDA kernel takes std::max(vmax, v) = (vmax < v) ? v : vmax, which keeps vmax when v
+// is NaN (kCudaMax).
+template <class T, bool kCudaMax = false>
 WF_HOST_DEVICE T adam_denom(T v, T& vmax, bool amsgrad, T bc2_sqrt, T eps) {
   if (amsgrad) {
-    vmax = nan_max(vmax, v);
+    vmax = kCudaMax ? ((vmax < v) ? v : vmax) : nan_max(vmax, v);
     return std::sqrt(vmax) / bc2_sqrt + eps;
   }
   return std::sqrt(v) / bc2_sqrt + eps;
@@ -153,18 +151,22 @@ WF_HOST_DEVICE void sgd_cpu_update(T& p, T g, T& buf, bool first, const SgdScala
 }
 
 // ------------------------------------------------------------------------------------------------ CUDA (torch)
-// Mirrors torch's FusedAdamMathFunctor (opmath float for fp32/fp16/bf16): every hyperparameter cast to the
-// opmath type, bias corrections from the float step in opmath with pow, nvcc's contractions written as fma.
+// Mirrors torch 2.14.1's FusedAdamMathFunctor and FusedSgdMathFunctor (fused_adam_utils.cuh, FusedSgdKernel.cu) as
+// compiled in its wheel (the sm_90 machine code is the authority: ../shared/CUDA_REVIEW.md): every hyperparameter
+// cast to the opmath type T (float for fp32/fp16/bf16, double for fp64), bias corrections from the float step with
+// pow in T, nvcc's contractions written as fma. The per-tensor scalars are computed once per step (records kernel)
+// and the element functions below run per element; hoisting step_size = lr / bc1 and lr * wd out of the element
+// loop changes no bit (torch's compiler hoists them too).
 
 template <class T>
 struct AdamCudaScalars {
-  T lr, beta1, beta2, wd, eps, bc1, bc2_sqrt;
-  bool has_wd, maximize, amsgrad;
+  T lr, beta1, beta2, wd, eps, bc1, bc2_sqrt, step_size, lr_wd;
+  bool has_wd, maximize, amsgrad, decoupled;  // decoupled: AdamW
 };
 
 template <class T>
 WF_HOST_DEVICE AdamCudaScalars<T> adam_cuda_scalars(double lr, double beta1, double beta2, double eps, double wd,
-                                                    bool amsgrad, bool maximize, float step_f) {
+                                                    bool amsgrad, bool maximize, bool decoupled, float step_f) {
   AdamCudaScalars<T> s;
   s.lr = T(lr);
   s.beta1 = T(beta1);
@@ -174,40 +176,62 @@ WF_HOST_DEVICE AdamCudaScalars<T> adam_cuda_scalars(double lr, double beta1, dou
   const T step = T(step_f);
   s.bc1 = T(1) - T(std::pow(s.beta1, step));
   s.bc2_sqrt = T(std::sqrt(T(1) - T(std::pow(s.beta2, step))));
-  s.has_wd = wd != 0.0;
+  s.step_size = s.lr / s.bc1;
+  s.lr_wd = s.lr * s.wd;
+  s.has_wd = s.wd != T(0);  // torch tests the opmath value
   s.maximize = maximize;
   s.amsgrad = amsgrad;
+  s.decoupled = decoupled;
   return s;
 }
 
-template <class T, bool kAdamW>
+// One element; g is the grad already divided by the grad scale (if any).
+template <class T>
 WF_HOST_DEVICE void adam_cuda_update(T& p, T g, T& m, T& v, T& vmax, const AdamCudaScalars<T>& s) {
   if (s.maximize) g = -g;
   if (s.has_wd) {
-    if (kAdamW) p = std::fma(-(s.lr * s.wd), p, p);  // param -= lr * weight_decay * param
-    else g = std::fma(p, s.wd, g);                    // grad += param * weight_decay
+    if (s.decoupled) p = std::fma(-s.lr_wd, p, p);  // param -= lr * weight_decay * param
+    else g = std::fma(p, s.wd, g);              // grad += param * weight_decay
   }
   m = std::fma(s.beta1, m, std::fma(-s.beta1, g, g));
   const T g2 = g * g;
   v = std::fma(s.beta2, v, std::fma(-s.beta2, g2, g2));
-  const T step_size = s.lr / s.bc1;
-  const T denom = adam_denom(v, vmax, s.amsgrad, s.bc2_sqrt, s.eps);
-  p = p - step_size * m / denom;
+  const T denom = adam_denom<T, true>(v, vmax, s.amsgrad, s.bc2_sqrt, s.eps);
+  p = p - s.step_size * m / denom;
 }
 
-// torch's FusedSgdMathFunctor: hyperparameters stay double, so the arithmetic is in double (contracted by nvcc)
-// and rounded to the opmath type where torch assigns to an opmath variable.
 template <class T>
-WF_HOST_DEVICE void sgd_cuda_update(T& p, T g, T& buf, bool first, double lr, double momentum, double dampening,
-                                    double wd, bool nesterov, bool maximize) {
-  if (wd != 0.0) g = T(std::fma(wd, double(p), double(g)));  // g += weight_decay * p
-  if (momentum != 0.0) {
-    const double b = first ? double(g) : std::fma(momentum, double(buf), (1 - dampening) * double(g));
-    buf = T(b);
-    g = nesterov ? T(std::fma(momentum, b, double(g))) : T(b);
+struct SgdCudaScalars {
+  T wd, momentum, lr, one_minus_dampening;
+  bool has_wd, has_momentum, nesterov, maximize;
+};
+
+template <class T>
+WF_HOST_DEVICE SgdCudaScalars<T> sgd_cuda_scalars(double lr, double momentum, double dampening, double wd,
+                                                  bool nesterov, bool maximize) {
+  SgdCudaScalars<T> s;
+  s.wd = T(wd);
+  s.momentum = T(momentum);
+  s.lr = T(lr);
+  s.one_minus_dampening = T(1) - T(dampening);  // (1 - dampening) in T
+  s.has_wd = s.wd != T(0);
+  s.has_momentum = s.momentum != T(0);
+  s.nesterov = nesterov;
+  s.maximize = maximize;
+  return s;
+}
+
+// One element. `first`: the momentum buffer is initialised to the (decayed) grad, as torch does on a param's
+// first step; otherwise buf = momentum * buf + (1 - dampening) * grad with (1 - dampening) * grad the fused product.
+template <class T>
+WF_HOST_DEVICE void sgd_cuda_update(T& p, T g, T& buf, bool first, const SgdCudaScalars<T>& s) {
+  if (s.maximize) g = -g;                       // g *= -1 before weight decay
+  if (s.has_wd) g = std::fma(p, s.wd, g);       // g += weight_decay * p
+  if (s.has_momentum) {
+    buf = first ? g : std::fma(g, s.one_minus_dampening, buf * s.momentum);
+    g = s.nesterov ? std::fma(buf, s.momentum, g) : buf;  // nesterov: g + momentum * buf
   }
-  // maximize ? p += lr * g : p -= lr * g
-  p = maximize ? T(std::fma(lr, double(g), double(p))) : T(std::fma(-lr, double(g), double(p)));
+  p = std::fma(g, -s.lr, p);                    // p -= lr * g
 }
 
 }  // namespace warmup_fused

@@ -15,47 +15,68 @@ void validate_program(const at::Tensor& ints, const at::Tensor& vals);
 // Checks dtype/device/contiguity of a program's tensors against `device` (does not read them).
 void check_program_tensors(const at::Tensor& ints, const at::Tensor& vals, const c10::Device& device);
 
-// Per-tensor checks of the optimizer ops, shared by the CPU and CUDA implementations.
-// params[i]: on `device`, float32/float64/float16/bfloat16, contiguous; its group index within `groups`.
+// ------------------------------------------------------------------------------ checks of the optimizer ops
+// Every check runs before the op writes anything: a rejected call leaves every tensor as it was.
+
+// params[i]: on `device`, float32/float64/float16/bfloat16, dense and non-overlapping (any such layout:
+// contiguous, channels_last, ...; the kernels update the underlying memory as a flat array); group in range.
 inline void check_param(const at::Tensor& p, int64_t group, int64_t groups, const c10::Device& device, size_t i) {
   TORCH_CHECK_VALUE(p.device() == device, "params[", i, "] is on ", p.device(), "; this call runs on ", device);
   TORCH_CHECK_TYPE(p.scalar_type() == at::kFloat || p.scalar_type() == at::kDouble ||
                        p.scalar_type() == at::kHalf || p.scalar_type() == at::kBFloat16,
                    "params[", i, "]: unsupported dtype ", p.scalar_type(),
                    " (float32, float64, float16 and bfloat16 are supported)");
-  TORCH_CHECK_VALUE(p.is_contiguous(), "params[", i, "] must be contiguous");
-  TORCH_CHECK_VALUE(group >= 0 && group < groups, "tensor_group[", i, "] = ", group,
-                    " is not a group of the schedule (", groups, " groups)");
+  TORCH_CHECK_VALUE(p.layout() == at::kStrided && p.is_non_overlapping_and_dense(), "params[", i,
+                    "] must be dense and non-overlapping (contiguous, channels_last, ...)");
+  TORCH_CHECK_VALUE(group >= 0 && group < groups, "tensor_group[", i, "] = ", group, " is not a param group (",
+                    groups, " groups)");
 }
 
-// what[i] (a grad or a state): the device, dtype and shape of its param, contiguous.
-inline void check_like(const at::Tensor& param, const at::Tensor& t, const char* what, size_t i) {
+// grads[i]: the device, dtype and shape of its param; any strided layout (the op conforms it to the param's).
+inline void check_grad(const at::Tensor& param, const at::Tensor& g, size_t i) {
+  TORCH_CHECK_TYPE(g.layout() == at::kStrided, "grads[", i, "] must be a dense (strided) tensor, got ", g.layout());
+  TORCH_CHECK_VALUE(g.device() == param.device(), "grads[", i, "] is on ", g.device(), ", its param on ",
+                    param.device());
+  TORCH_CHECK_TYPE(g.scalar_type() == param.scalar_type(), "grads[", i, "] is ", g.scalar_type(), ", its param ",
+                   param.scalar_type());
+  TORCH_CHECK_VALUE(g.sizes() == param.sizes(), "grads[", i, "] has shape ", g.sizes(), ", its param ",
+                    param.sizes());
+}
+
+// Same shape and the same memory order (strides of the dimensions that have more than one element).
+inline bool same_layout(const at::Tensor& a, const at::Tensor& b) {
+  if (a.sizes() != b.sizes()) return false;
+  for (int64_t d = 0; d < a.dim(); ++d)
+    if (a.size(d) > 1 && a.stride(d) != b.stride(d)) return false;
+  return true;
+}
+
+// what[i] (a state): the device, dtype, shape and memory layout (strides) of its param.
+inline void check_state(const at::Tensor& param, const at::Tensor& t, const char* what, size_t i) {
   TORCH_CHECK_VALUE(t.device() == param.device(), what, "[", i, "] is on ", t.device(), ", its param on ",
                     param.device());
   TORCH_CHECK_TYPE(t.scalar_type() == param.scalar_type(), what, "[", i, "] is ", t.scalar_type(), ", its param ",
                    param.scalar_type());
-  TORCH_CHECK_VALUE(t.sizes() == param.sizes(), what, "[", i, "] has shape ", t.sizes(), ", its param ",
-                    param.sizes());
-  TORCH_CHECK_VALUE(t.is_contiguous(), what, "[", i, "] must be contiguous");
+  TORCH_CHECK_VALUE(same_layout(t, param), what, "[", i, "] has shape ", t.sizes(), " and strides ", t.strides(),
+                    ", its param ", param.sizes(), " and ", param.strides(), " (states share their param's layout)");
 }
 
-// Length checks of the optimizer ops' tensor lists.
-inline void check_adam_lists(size_t n, size_t grads, size_t exp_avgs, size_t exp_avg_sqs, size_t max_exp_avg_sqs,
-                             size_t state_steps, size_t tensor_group) {
-  TORCH_CHECK_VALUE(grads == n && exp_avgs == n && exp_avg_sqs == n && state_steps == n,
-                    "params, grads, exp_avgs, exp_avg_sqs and state_steps must have the same length");
-  TORCH_CHECK_VALUE(max_exp_avg_sqs == 0 || max_exp_avg_sqs == n,
-                    "max_exp_avg_sqs must be empty or have one tensor per param");
-  TORCH_CHECK_VALUE(tensor_group == n, "tensor_group has ", tensor_group, " entries for ", n, " params");
+// A state list that only some params use: empty, or one tensor per param with an empty placeholder where absent.
+inline bool has_state(at::TensorList list, size_t i, const at::Tensor& param) {
+  return !list.empty() && (list[i].numel() > 0 || param.numel() == 0) && list[i].defined();
 }
 
-inline void check_sgd_lists(size_t n, size_t grads, size_t momentum_buffers, size_t is_first_step,
-                            size_t tensor_group) {
-  TORCH_CHECK_VALUE(grads == n, "params and grads must have the same length");
-  TORCH_CHECK_VALUE(momentum_buffers == 0 || momentum_buffers == n,
-                    "momentum_buffers must be empty or have one tensor per param");
-  TORCH_CHECK_VALUE(is_first_step == 0 || is_first_step == n, "is_first_step must be empty or have one flag per param");
-  TORCH_CHECK_VALUE(tensor_group == n, "tensor_group has ", tensor_group, " entries for ", n, " params");
+inline void check_scalar(const at::Tensor& t, at::ScalarType dtype, const c10::Device& device, const char* what) {
+  TORCH_CHECK_TYPE(t.scalar_type() == dtype && t.numel() == 1 && t.device() == device, what, " must be a ", dtype,
+                   " tensor with one element on ", device, ", got ", t.scalar_type(), " with ", t.numel(),
+                   " elements on ", t.device());
 }
+
+// The per-device buffers every step hands to the kernels (see multi_tensor.h for their layout).
+void check_step_buffers(const at::Tensor& sched_step, const at::Tensor& scratch, const at::Tensor& ints,
+                        const at::Tensor& vals, const at::Tensor& hparams, int64_t cols,
+                        const c10::List<std::optional<at::Tensor>>& lr_tensors,
+                        const std::optional<at::Tensor>& grad_scale, const std::optional<at::Tensor>& found_inf,
+                        const c10::Device& device);
 
 }  // namespace warmup_fused

@@ -12,7 +12,9 @@
 // (correctly rounded in IEEE double) give the reference's bits; cos/pow/exp/log/tanh are the device's own
 // unless a table (built on the host with the same libm as Python) covers the step.
 //
-// Bit-exactness needs: no fast-math and no contraction (-ffp-contract=off on host, -fmad=false on device).
+// Bit-exactness needs: no fast-math and no contraction. The host build uses -ffp-contract=off; the device code is
+// compiled with nvcc's default -fmad=true (as torch's kernels are, for optimizer parity), so every double operation
+// here goes through the round-to-nearest intrinsics below, which nvcc never fuses.
 #pragma once
 
 #include <cmath>
@@ -57,6 +59,21 @@ constexpr int64_t kGroupWords = 3;
 constexpr int64_t kPhaseWords = 5;
 constexpr int kStackDepth = 16;
 
+// IEEE double + - * / sqrt, each correctly rounded and never contracted with a neighbour.
+#if defined(__CUDA_ARCH__)
+__device__ __forceinline__ double add_rn(double a, double b) { return __dadd_rn(a, b); }
+__device__ __forceinline__ double sub_rn(double a, double b) { return __dsub_rn(a, b); }
+__device__ __forceinline__ double mul_rn(double a, double b) { return __dmul_rn(a, b); }
+__device__ __forceinline__ double div_rn(double a, double b) { return __ddiv_rn(a, b); }
+__device__ __forceinline__ double sqrt_rn(double a) { return __dsqrt_rn(a); }
+#else
+inline double add_rn(double a, double b) { return a + b; }
+inline double sub_rn(double a, double b) { return a - b; }
+inline double mul_rn(double a, double b) { return a * b; }
+inline double div_rn(double a, double b) { return a / b; }
+inline double sqrt_rn(double a) { return std::sqrt(a); }
+#endif
+
 WF_HOST_DEVICE int64_t floordiv_int(int64_t a, int64_t b) {
   int64_t q = a / b;
   if ((a % b != 0) && ((a < 0) != (b < 0))) q -= 1;
@@ -67,7 +84,7 @@ WF_HOST_DEVICE int64_t floordiv_int(int64_t a, int64_t b) {
 WF_HOST_DEVICE double python_mod(double a, double b) {
   double m = std::fmod(a, b);
   if (m != 0.0) {
-    if ((b < 0.0) != (m < 0.0)) m += b;
+    if ((b < 0.0) != (m < 0.0)) m = add_rn(m, b);
   } else {
     m = std::copysign(0.0, b);
   }
@@ -111,7 +128,7 @@ WF_HOST_DEVICE double schedule_lr(const int64_t* ints, const double* vals, int64
       // rounding fixed point such as the smallest subnormal times 0.999), or NaN. Every later step would
       // compute the same product, so the result is that of all k steps (k can be ~2**53).
       for (int64_t k = int64_t(stack[sp - 1]); k > 0 && !std::isnan(x); --k) {
-        const double y = x * factor;
+        const double y = mul_rn(x, factor);
         if (y == x && std::signbit(y) == std::signbit(x)) break;
         x = y;
       }
@@ -122,7 +139,7 @@ WF_HOST_DEVICE double schedule_lr(const int64_t* ints, const double* vals, int64
     if (op >= kSqrt) {  // unary
       if (sp < 1) return NAN;
       double& a = stack[sp - 1];
-      if (op == kSqrt) a = std::sqrt(a);
+      if (op == kSqrt) a = sqrt_rn(a);
       else if (op == kCos) a = std::cos(a);
       else if (op == kExp) a = std::exp(a);
       else if (op == kLog) a = std::log(a);
@@ -139,10 +156,10 @@ WF_HOST_DEVICE double schedule_lr(const int64_t* ints, const double* vals, int64
     const double b = stack[--sp];
     double& a = stack[sp - 1];
     switch (op) {
-      case kAdd: a = a + b; break;
-      case kSub: a = a - b; break;
-      case kMul: a = a * b; break;
-      case kDiv: a = a / b; break;
+      case kAdd: a = add_rn(a, b); break;
+      case kSub: a = sub_rn(a, b); break;
+      case kMul: a = mul_rn(a, b); break;
+      case kDiv: a = div_rn(a, b); break;
       case kFloorDiv:  // validated operands: integral, |x| < 2^53, divisor != 0
         if (b == 0.0) return NAN;
         a = double(floordiv_int(int64_t(a), int64_t(b)));

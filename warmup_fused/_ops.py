@@ -7,6 +7,14 @@ from . import _C  # noqa: F401  (registers the ops)
 
 _lib = torch.ops.warmup_fused
 
+# Column indices of the hyperparameter table, scratch offsets and limits, from csrc/multi_tensor.h.
+LAYOUT: dict[str, int] = {k: int(v) for k, v in (kv.split("=") for kv in _lib.layout().split(";"))}
+
+
+def scratch_words(groups: int) -> int:
+    """float64 words of a device's scratch tensor for ``groups`` param groups."""
+    return LAYOUT["scratch_fixed"] + 2 * groups
+
 
 def lr_at(ints: torch.Tensor, vals: torch.Tensor, steps: torch.Tensor, num_groups: int) -> torch.Tensor:
     """float64 ``[num_groups, len(steps)]``: the schedule program evaluated at each step on steps' device."""
@@ -31,37 +39,23 @@ def _lr_at_fake(ints, vals, steps, num_groups):
 
 
 # ----------------------------------------------------------------------------------------------- optimizers
-def adam_step(params: list, grads: list, exp_avgs: list, exp_avg_sqs: list, max_exp_avg_sqs: list,
-              state_steps: list, sched_step: torch.Tensor, last_lr: torch.Tensor, prog_ints: torch.Tensor,
-              prog_vals: torch.Tensor, hparams: torch.Tensor, tensor_group: list, adamw: bool,
-              grad_scale: torch.Tensor | None = None, found_inf: torch.Tensor | None = None) -> None:
-    """One fused Adam/AdamW step over all params of one device, LR from the schedule at ``sched_step``.
-
-    hparams: float64 [G, 6] (beta1, beta2, eps, weight_decay, amsgrad, maximize); tensor_group[i]: the group of
-    params[i]. Mutates params, grads (only when grad_scale is given: unscaled in place), states, state_steps
-    (+1), sched_step (+1) and last_lr (each group's LR this step). found_inf != 0 skips the update but still
-    advances sched_step.
-    """
-    _lib.adam_step(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, state_steps, sched_step, last_lr,
-                   prog_ints, prog_vals, hparams, tensor_group, adamw, grad_scale, found_inf)
+# adam_step(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, state_steps, sched_step, scratch, prog_ints,
+#           prog_vals, hparams, lr_tensors, tensor_group, grad_scale=None, found_inf=None)
+# sgd_step(params, grads, momentum_buffers, state_steps, sched_step, scratch, prog_ints, prog_vals, hparams,
+#          lr_tensors, tensor_group, grad_scale=None, found_inf=None)
+# See csrc/ops.cpp for their contracts. The *_emulated variants run the CUDA kernels' code on CPU tensors
+# (reference=True: the plain per-element oracle); they take the same arguments plus `reference`.
+def adam_step(*args, **kwargs) -> None:
+    _lib.adam_step(*args, **kwargs)
 
 
-def sgd_step(params: list, grads: list, momentum_buffers: list, sched_step: torch.Tensor, last_lr: torch.Tensor,
-             prog_ints: torch.Tensor, prog_vals: torch.Tensor, hparams: torch.Tensor, tensor_group: list,
-             is_first_step: list, grad_scale: torch.Tensor | None = None,
-             found_inf: torch.Tensor | None = None) -> None:
-    """One fused SGD step; hparams float64 [G, 5] (momentum, dampening, weight_decay, nesterov, maximize)."""
-    _lib.sgd_step(params, grads, momentum_buffers, sched_step, last_lr, prog_ints, prog_vals, hparams,
-                  tensor_group, is_first_step, grad_scale, found_inf)
+def sgd_step(*args, **kwargs) -> None:
+    _lib.sgd_step(*args, **kwargs)
 
 
-@torch.library.register_fake("warmup_fused::adam_step")
-def _adam_step_fake(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, state_steps, sched_step, last_lr,
-                    prog_ints, prog_vals, hparams, tensor_group, adamw, grad_scale=None, found_inf=None):
+def _no_output(*args, **kwargs):
     return None
 
 
-@torch.library.register_fake("warmup_fused::sgd_step")
-def _sgd_step_fake(params, grads, momentum_buffers, sched_step, last_lr, prog_ints, prog_vals, hparams,
-                   tensor_group, is_first_step, grad_scale=None, found_inf=None):
-    return None
+for _name in ("adam_step", "sgd_step", "adam_step_emulated", "sgd_step_emulated"):
+    torch.library.register_fake(f"warmup_fused::{_name}")(_no_output)

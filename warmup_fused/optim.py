@@ -1,360 +1,555 @@
 """AdamW / Adam / SGD whose fused kernels compute each step's learning rate on the device.
 
-    >>> from warmup_fused import AdamW, schedules
-    >>> opt = AdamW(model.parameters(), lr=3e-4, schedule=schedules.from_torch(...))
+    >>> opt = warmup_fused.AdamW(model.parameters(), lr=3e-4, schedule=schedules.warmup_cosine(100_000, warmup=1_000))
     >>> opt.step()            # one op call per device: lr(step) evaluated in the kernel, counter advanced there
     >>> opt.last_lr()         # float64 [num_groups] device tensor: the LR each group used in the last step
 
+Where each step's LR comes from (one rule; README "Migrating from torch.optim"):
+
+* A group follows the optimizer's schedule (``schedule=`` / ``set_schedule``; without one, its ``lr``).
+  ``param_groups[g]['lr']`` shows the LR of the next eager step, as it does with torch.
+* Writing a *different* value into ``param_groups[g]['lr']`` (by hand, or a torch/transformers scheduler's
+  ``step()``) makes the group train at that value from the next step on, exactly as torch would, until the next
+  write or ``set_schedule``. Writing the value it already shows changes nothing, so a scheduler converted with
+  ``set_schedule(from_torch(sched))`` may keep stepping. Every write is validated and reaches the device at once,
+  in place, so replays of a captured CUDA graph follow it too (a write while a graph is being captured raises).
+  A tensor ``lr`` is read at every step, as torch's fused kernels read it.
+* The same holds for ``betas[0]`` (Adam) / ``momentum`` (SGD) when a schedule cycles them (OneCycleLR, CyclicLR).
+
 The schedule counter (``sched_step``) is an int64 tensor on each device that holds params. Every ``step()``
-advances it by one, *including* steps skipped because a GradScaler found inf/nan gradients (``found_inf``):
-this matches the reference loop ``scaler.step(opt); scaler.update(); sched.step()`` in which the scheduler
-steps every iteration. A skipped step leaves params, states and the per-param ``state['step']`` untouched,
-exactly as torch's fused optimizers do. Steps whose params have no grads still advance the counter.
-
-Checkpoints use torch's layout (``state['step']``, ``'exp_avg'``, ``'exp_avg_sq'``, ``'max_exp_avg_sq'``,
-``'momentum_buffer'``) plus ``state_dict()['warmup_fused'] = {'sched_step': int}``; each saved param group
-also gets ``'initial_lr'`` (the base LR) and ``'lr'`` (the LR of the next step), as a torch scheduler leaves
-them. torch's optimizers load ours; ours load torch's (then the counter resumes at the largest per-param
-``step``, i.e. the number of optimizer steps taken, and base LRs come from ``initial_lr`` when present).
-
-Bit parity: on CPU, params and states are bit-identical to ``torch.optim.<same>(fused=True)`` fed the same
-LR sequence (see csrc/optim_math.h and tests/test_optim.py).
+advances it by one, *including* steps a GradScaler skips (``found_inf``), like a scheduler stepped every
+iteration. A skipped step leaves params, states and per-param steps untouched, as torch's fused optimizers do.
 """
 from __future__ import annotations
 
 import math
-from typing import Any, Iterable
+import struct
+from typing import Any
 
 import torch
 
-from . import _ops
+from . import _checkpoint, _ops
+from ._device import DeviceBuffers
 from ._expr import BASE
-from .schedules import Schedule
+from ._hparams import ADAM_SPEC, SGD_SPEC, ParamGroup, Spec, as_float
+from ._ops import LAYOUT
+from .schedules import MAX_STEP, Schedule
 
 __all__ = ["AdamW", "Adam", "SGD"]
 
+_SCHEDULE, _HOST, _TENSOR = LAYOUT["lr_from_schedule"], LAYOUT["lr_from_host"], LAYOUT["lr_from_tensor"]
+_LR_AHEAD = 256  # steps of host LRs evaluated at once for param_groups' display
+_FLOAT_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 
-def _check_number(name: str, value, *, lo: float = 0.0, hi: float | None = None, hi_open: bool = True) -> float:
-    if isinstance(value, torch.Tensor):
-        raise TypeError(f"{name} must be a Python number (the LR comes from the schedule), got a Tensor")
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{name} must be a number, got {type(value).__name__}")
-    return float(value)
+
+def _same_float(a, b) -> bool:
+    return (not isinstance(a, torch.Tensor) and not isinstance(b, torch.Tensor)
+            and struct.pack("<d", float(a)) == struct.pack("<d", float(b)))
+
+
+def _dense(t: torch.Tensor) -> bool:
+    """Dense and non-overlapping (contiguous in some dimension order: channels_last, transposes, ...)."""
+    expected = 1
+    for stride, size in sorted((st, s) for s, st in zip(t.shape, t.stride()) if s != 1):
+        if stride != expected:
+            return False
+        expected *= size
+    return True
+
+
+class _Source:
+    """Where a group's LR and beta1/momentum come from."""
+
+    __slots__ = ("lr_mode", "host_lr", "lr_tensor", "mom_scheduled", "host_mom")
+
+    def __init__(self, lr_mode: int, host_lr: float, lr_tensor, mom_scheduled: bool, host_mom: float):
+        self.lr_mode, self.host_lr, self.lr_tensor = lr_mode, host_lr, lr_tensor
+        self.mom_scheduled, self.host_mom = mom_scheduled, host_mom
+
+
+class _DeviceCall:
+    """One device's op call; its argument lists are built once per set of params with grads."""
+
+    def __init__(self, opt: "_FusedOptimizer", buffers: DeviceBuffers, rows: list):
+        self.opt, self.buffers = opt, buffers
+        self.params = [p for _, p in rows]
+        self.groups = [g for g, _ in rows]
+        states = [opt.state[p] for p in self.params]
+        steps = [opt._step_slots[p] for p in self.params]
+        empty = self.params[0].new_empty(0) if self.params else None
+        if opt._spec is ADAM_SPEC:
+            vmax = [s.get("max_exp_avg_sq", empty) for s in states] if any("max_exp_avg_sq" in s for s in states) else []
+            self.lists = ([s["exp_avg"] for s in states], [s["exp_avg_sq"] for s in states], vmax, steps)
+        else:
+            bufs = [s.get("momentum_buffer", empty) for s in states]
+            self.lists = (bufs if any("momentum_buffer" in s for s in states) else [], steps)
+
+    def __call__(self, op, grad_scale, found_inf) -> None:
+        b = self.buffers
+        grads = [p.grad for p in self.params]
+        op(self.params, grads, *self.lists, b.counter, b.scratch, b.ints, b.vals, b.hparams_view(),
+           self.opt._lr_tensors(b.device), self.groups, grad_scale, found_inf)
 
 
 class _FusedOptimizer(torch.optim.Optimizer):
-    _hparam_keys: tuple = ()
-    _op_name: str = ""
+    _spec: Spec
+    _op_name: str
 
     def __init__(self, params, defaults: dict, schedule: Schedule | None):
+        self._ready = False
         super().__init__(params, defaults)
         self._step_supports_amp_scaling = True  # GradScaler passes grad_scale / found_inf to step()
-        self._schedule = None
-        self._bound = None          # the Schedule bound to the groups' base LRs
-        self._bound_key = None
-        self._programs: dict = {}   # device -> (ints, vals)
-        self._counters: dict = {}   # device -> int64 scalar tensor
-        self._last_lr: dict = {}    # device -> float64 [G]
-        self._hparams: dict = {}    # device -> (key, float64 [G, k])
-        self._start_step = 0        # value for counters created later (set by load_state_dict)
+        self._wrap_groups()
+        self._init_host(0)
+        self._ready = True
         self.set_schedule(schedule)
 
-    # ------------------------------------------------------------------------------------------ schedule
-    def set_schedule(self, schedule: Schedule | None) -> None:
-        """Uses ``schedule`` from the next step on (None: each group's ``lr``, constant). The counter is kept.
+    def _init_host(self, step: int) -> None:
+        """Host-side state (everything but param_groups and state), fresh."""
+        self._emulate: str | None = None  # tests: "emulated" / "reference" run the CUDA kernels' code on CPU
+        self._step_slots: dict = {}  # param -> its float32 step counter (Adam: state['step'])
+        self._host_step = step  # mirror of the device counters, advanced by every eager step
+        self._devices: dict[torch.device, DeviceBuffers] = {}
+        self._sources = [self._host_source(g) for g in self.param_groups]
+        self._schedule: Schedule | None = None
+        self._bound: Schedule | None = None
+        self._lr_ahead: tuple = (0, None, None)
+        self._plan: tuple = (None, None, None)
+        self._structure = 0  # bumped whenever the op's argument lists may change
 
-        A 1-group schedule is bound to every group's base LR (``schedule.with_base_lrs``); a schedule with
-        N groups (e.g. ``from_torch`` of a scheduler over N groups) must match the N param groups.
+    # ------------------------------------------------------------------------------------------ param groups
+    def _wrap_groups(self) -> None:
+        self.param_groups = [ParamGroup(g, self) for g in self.param_groups]
+        # The step path reads the groups through this alias: torch.compile's optimizer support special-cases the
+        # attribute `param_groups` in ways that assume plain dicts.
+        self._groups = self.param_groups
+
+    def _host_source(self, group: dict) -> _Source:
+        lr, mom = group["lr"], as_float(self._spec.momentum(group))
+        if isinstance(lr, torch.Tensor):
+            return _Source(_TENSOR, math.nan, lr, False, mom)
+        return _Source(_HOST, float(lr), None, False, mom)
+
+    def add_param_group(self, param_group: dict) -> None:
+        """torch's add_param_group; everything is checked before the group is added."""
+        if not isinstance(param_group, dict):
+            raise TypeError(f"param_group must be a dict, but got {type(param_group).__name__}")
+        probe = {**self.defaults, **{k: v for k, v in param_group.items() if k != "params"}}
+        self._spec.check_group(probe, "param_group: ")
+        if not getattr(self, "_ready", False):  # inside torch's __init__
+            return super().add_param_group(param_group)
+        n = len(self.param_groups) + 1
+        if self._schedule is not None:
+            if isinstance(probe["lr"], torch.Tensor):
+                raise ValueError("param_group: a Tensor lr cannot follow the optimizer's schedule; pass a float lr")
+            if self._schedule.num_groups not in (1, n):
+                raise ValueError(f"schedule: has {self._schedule.num_groups} groups, the optimizer would have {n} "
+                                 "param groups; call set_schedule with a matching schedule first")
+        for b in self._devices.values():
+            b.check_room(n, "add_param_group")
+        super().add_param_group(param_group)  # torch's own checks (tensors, disjoint params, ...), then appended
+        self.param_groups[-1] = ParamGroup(self.param_groups[-1], self)
+        self._sources.append(self._host_source(self.param_groups[-1]))
+        self._structure += 1
+        self._rebind(self._schedule, only_group=n - 1)
+
+    def _on_group_write(self, group: ParamGroup, key, value) -> None:
+        """param_groups[g][key] = value: checked, then applied on every device, in place."""
+        spec = self._spec
+        if not self._ready or key not in spec.checks:
+            return dict.__setitem__(group, key, value)
+        g = self._group_index(group)
+        where = f"param_groups[{g}]: "
+        try:
+            spec.checks[key](value)
+        except (TypeError, ValueError) as e:
+            raise type(e)(f"{where}{e}") from None
+        spec.check_combination({**group, key: value}, where)
+        for b in self._devices.values():
+            b.check_not_capturing(f"param_groups[{g}]['{key}'] was written")
+        src = self._sources[g]
+        if key == "lr":
+            if isinstance(value, torch.Tensor):
+                src.lr_mode, src.lr_tensor, src.host_lr = _TENSOR, value, math.nan
+            elif src.lr_mode == _TENSOR or not _same_float(value, group["lr"]):
+                src.lr_mode, src.lr_tensor, src.host_lr = _HOST, None, float(value)
+        elif key == spec.momentum_key:
+            new = value[0] if key == "betas" else value
+            if not _same_float(new, spec.momentum(group)):
+                src.mom_scheduled, src.host_mom = False, as_float(new)
+        dict.__setitem__(group, key, value)
+        self._structure += 1  # lr tensors, amsgrad and momentum change the op's arguments
+        self._write_rows(g)
+
+    def _group_index(self, group) -> int:
+        for i, g in enumerate(self.param_groups):
+            if g is group:
+                return i
+        raise RuntimeError("this param group is no longer part of the optimizer")
+
+    # ---------------------------------------------------------------------------------------------- schedule
+    def set_schedule(self, schedule: Schedule | None) -> None:
+        """Every group follows ``schedule`` from the next step on (None: each group's current ``lr``, constant).
+
+        The counter is kept. A relative schedule (a native constructor called without ``base_lr``) scales each
+        group's base LR (``initial_lr``, else ``lr``); an absolute one (``from_torch``, or built with ``base_lr``)
+        gives its own LRs: one group of it applies to every param group, else it has one group per param group.
+        A schedule that cycles momentum (OneCycleLR, CyclicLR) also drives ``betas[0]`` (Adam) / ``momentum`` (SGD).
         """
         if schedule is not None and not isinstance(schedule, Schedule):
             raise TypeError(f"schedule must be a warmup_fused Schedule or None, got {type(schedule).__name__}")
-        if schedule is not None and schedule.num_groups not in (1, len(self.param_groups)):
-            raise ValueError(
-                f"schedule: has {schedule.num_groups} groups but the optimizer has {len(self.param_groups)} "
-                "param groups (pass a 1-group schedule to apply it to every group)"
-            )
-        self._schedule = schedule
-        self._bound_key = None
-        self._bind()
+        if schedule is not None:
+            for g, group in enumerate(self.param_groups):
+                if isinstance(group["lr"], torch.Tensor):
+                    raise ValueError(f"schedule: param group {g} has a Tensor lr, which the kernel reads at every "
+                                     "step as torch does; pass a float lr to use a schedule")
+        self._rebind(schedule)
+
+    def _rebind(self, schedule: Schedule | None, only_group: int | None = None) -> None:
+        """Binds `schedule` to the groups (all, or the new `only_group`) and installs its program everywhere.
+        Everything is checked before anything changes."""
+        bound = self._bind(schedule)
+        ints, vals = bound.program("cpu")
+        for b in self._devices.values():
+            b.check_program_room(ints, vals)
+        has_mom = bool(getattr(bound, "has_momentum", False))
+        self._schedule, self._bound, self._lr_ahead = schedule, bound, (0, None, None)
+        for g in range(len(self.param_groups)) if only_group is None else [only_group]:
+            group, src = self.param_groups[g], self._sources[g]
+            if isinstance(group["lr"], torch.Tensor):
+                src.lr_mode, src.lr_tensor = _TENSOR, group["lr"]
+            elif schedule is None:
+                src.lr_mode, src.host_lr = _HOST, float(group["lr"])
+            else:
+                src.lr_mode = _SCHEDULE
+                dict.__setitem__(group, "initial_lr", float(bound.base_lrs[g]))
+            src.mom_scheduled = has_mom
+            if not has_mom:
+                src.host_mom = as_float(self._spec.momentum(group))
+        for b in self._devices.values():
+            b.set_groups(len(self.param_groups))
+            b.set_program(ints, vals)
+        for d in {p.device for group in self.param_groups for p in group["params"]}:
+            self._buffers(d)
+        for g in range(len(self.param_groups)):
+            self._write_rows(g)
+        self._show(self._host_step)
+
+    def _bind(self, schedule: Schedule | None) -> Schedule:
+        """An absolute schedule with one group per param group."""
+        n = len(self.param_groups)
+        if schedule is None:  # a placeholder program: every group takes its host value
+            return Schedule([[(0, BASE)]], [0.0] * n, name="constant")
+        if schedule.num_groups not in (1, n):
+            raise ValueError(f"schedule: has {schedule.num_groups} groups but the optimizer has {n} param groups "
+                             "(a 1-group schedule applies to every group)")
+        if getattr(schedule, "relative", False):
+            bases = []
+            for g, group in enumerate(self.param_groups):
+                base = group.get("initial_lr", group["lr"])
+                if isinstance(base, torch.Tensor):
+                    raise ValueError(f"schedule: param group {g} has a Tensor lr; pass a float lr to use a schedule")
+                bases.append(float(base))
+            return schedule.with_base_lrs(bases)
+        if schedule.num_groups == n:
+            return schedule
+        return schedule.with_base_lrs([schedule.base_lrs[0]] * n)
 
     @property
     def schedule(self) -> Schedule:
-        """The schedule bound to the param groups (a constant one when none was given)."""
-        self._bind()
+        """The schedule bound to the param groups (absolute, one group per param group)."""
         return self._bound
 
-    def _base_lrs(self) -> list[float]:
-        out = []
-        for i, g in enumerate(self.param_groups):
-            lr = g.get("initial_lr", g["lr"])
-            if isinstance(lr, torch.Tensor):
-                raise TypeError(f"param_groups[{i}]['lr'] must be a Python number, got a Tensor")
-            out.append(float(lr))
-        return out
+    # ----------------------------------------------------------------------------------------------- devices
+    def _buffers(self, device: torch.device) -> DeviceBuffers:
+        b = self._devices.get(device)
+        if b is None:
+            ints, vals = self._bound.program("cpu")
+            b = DeviceBuffers(device, self._spec.cols, len(self.param_groups), ints, vals, self._host_step)
+            b.reserve(sum(1 for g in self.param_groups for p in g["params"] if p.device == device))
+            self._devices[device] = b
+            for g in range(len(self.param_groups)):
+                self._write_rows(g, only=b)
+        return b
 
-    def _bind(self) -> None:
-        lrs = self._base_lrs()
-        key = (tuple(lrs), id(self._schedule))
-        if key == self._bound_key:
+    def _slot(self, p: torch.Tensor) -> torch.Tensor:
+        """The param's float32 step counter (allocated with its device's buffers, never replaced)."""
+        slot = self._step_slots.get(p)
+        if slot is None:
+            slot = self._step_slots[p] = self._buffers(p.device).slot()
+        return slot
+
+    def _row(self, g: int, device: torch.device) -> list[float]:
+        group, src = self.param_groups[g], self._sources[g]
+        row = self._spec.row(group)
+        mode, host_lr = src.lr_mode, src.host_lr
+        if mode == _SCHEDULE and self._schedule is None:
+            mode = _HOST
+        if mode == _TENSOR:
+            if src.lr_tensor.device == device:  # the kernel reads it: its index among this device's lr tensors
+                host_lr = sum(1 for s in self._sources[:g] if s.lr_mode == _TENSOR and s.lr_tensor.device == device)
+            else:  # another device: read here at every step, as torch copies it to each device
+                mode, host_lr = _HOST, as_float(src.lr_tensor)
+        row[LAYOUT["lr_source"]] = mode
+        row[LAYOUT["host_lr"]] = host_lr
+        row[LAYOUT["momentum_source"]] = 1.0 if src.mom_scheduled else 0.0
+        row[LAYOUT["host_momentum"]] = src.host_mom
+        return row
+
+    def _write_rows(self, g: int, only: DeviceBuffers | None = None) -> None:
+        for b in [only] if only is not None else self._devices.values():
+            b.write_row(g, self._row(g, b.device))
+
+    def _lr_tensors(self, device: torch.device) -> list:
+        return [s.lr_tensor if s.lr_mode == _TENSOR and s.lr_tensor.device == device else None
+                for s in self._sources] if any(s.lr_mode == _TENSOR for s in self._sources) else []
+
+    def _op(self):
+        if self._emulate is None:
+            return getattr(torch.ops.warmup_fused, self._op_name)
+        op = getattr(torch.ops.warmup_fused, self._op_name + "_emulated")
+        reference = self._emulate == "reference"
+        return lambda *args: op(*args, reference=reference)
+
+    # -------------------------------------------------------------------------------------------------- step
+    @torch.no_grad()
+    def step(self, closure=None):
+        """One update of every param with a grad: one fused op call per device. Returns the closure's loss."""
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        calls, host_read = self._calls()
+        if host_read:
+            self._read_tensor_hparams(host_read)
+        if self._host_step >= MAX_STEP - 1:
+            raise RuntimeError(f"the schedule counter reached {self._host_step}: schedules are defined below 2**53")
+        gs = getattr(self, "grad_scale", None)
+        fi = getattr(self, "found_inf", None)
+        op = self._op()
+        for call in calls:
+            d = call.buffers.device
+            if d.type == "cuda" and call.buffers.capturing():
+                call.buffers.captured = True
+            call(op, None if gs is None else gs.to(device=d, dtype=torch.float32, non_blocking=True),
+                 None if fi is None else fi.to(device=d, dtype=torch.float32, non_blocking=True))
+        if not torch.compiler.is_compiling():  # host mirrors would make every compiled step recompile
+            self._host_step += 1
+            self._show(self._host_step)
+        return loss
+
+    def _calls(self):
+        """The per-device op calls for the params that have grads now; rebuilt when that set (or the structure)
+        changes, after every param that needs state was checked."""
+        key, calls, host_read = self._plan
+        flat = key[2] if key is not None and key[0] == self._structure else [
+            (g, p) for g, group in enumerate(self._groups) for p in group["params"]]
+        has = [p.grad is not None for _, p in flat]
+        if key is not None and key[0] == self._structure and key[1] == has:
+            return calls, host_read
+        rows = [(g, p) for (g, p), h in zip(flat, has) if h]
+        self._check_new(rows)
+        capturing = any(b.capturing() for b in self._devices.values())
+        for g, p in rows:
+            self._init_state(g, p, capturing)
+        by_device: dict = {d: [] for d in self._devices}  # every device with a counter steps: they stay in step
+        for g, p in rows:
+            by_device.setdefault(p.device, []).append((g, p))
+        calls = [_DeviceCall(self, self._buffers(d), r) for d, r in by_device.items()]
+        host_read = [g for g, group in enumerate(self._groups) if self._reads_on_host(group, g)]
+        self._plan = ((self._structure, has, flat), calls, host_read)
+        return calls, host_read
+
+    def _reads_on_host(self, group: dict, g: int) -> bool:
+        """Tensor hyperparameters other than an lr the kernel reads: read at every step, as torch does."""
+        values = [group[k] for k in self._spec.checks if k in group and k != "lr"]
+        values += list(group["betas"]) if "betas" in group else []
+        lr = group["lr"]
+        return any(isinstance(v, torch.Tensor) for v in values) or (
+            isinstance(lr, torch.Tensor) and any(b.device != lr.device for b in self._devices.values()))
+
+    def _read_tensor_hparams(self, groups: list) -> None:
+        for b in self._devices.values():
+            b.check_not_capturing("a Tensor hyperparameter is read on the host at every step (betas, weight_decay, "
+                                  "or an lr on another device), which")
+        for g in groups:
+            self._write_rows(g)
+
+    def _check_new(self, rows) -> None:
+        """Checks the params that have grads before any state is created (the op checks the rest itself)."""
+        for g, p in rows:
+            grad, where = p.grad, f"param_groups[{g}]: a param of shape {tuple(p.shape)}"
+            if grad.layout != torch.strided:
+                raise RuntimeError(f"{where} has a {grad.layout} grad: warmup_fused optimizers do not support "
+                                   "sparse gradients")
+            if p.dtype not in _FLOAT_DTYPES:
+                raise TypeError(f"{where} has unsupported dtype {p.dtype} (float32, float64, float16 and bfloat16 "
+                                "are supported)")
+            if grad.dtype != p.dtype or grad.shape != p.shape or grad.device != p.device:
+                raise ValueError(f"{where}: its grad is {grad.dtype} {tuple(grad.shape)} on {grad.device}, the "
+                                 f"param {p.dtype} {tuple(p.shape)} on {p.device}")
+            if not _dense(p):
+                raise ValueError(f"{where} is not dense and non-overlapping (a strided view?): the fused kernels "
+                                 "update params as flat arrays; optimise the tensor it views instead")
+            if p.device.type == "cuda" and not _ops.build_info()["cuda"]:
+                raise RuntimeError("this warmup_fused build has no CUDA kernels: rebuild it with the CUDA toolkit")
+
+    def _init_state(self, g: int, p: torch.Tensor, capturing: bool) -> None:
+        """Creates a param's state on its first step. While a CUDA graph is being captured, without kernels: a
+        kernel here would run again at every replay; the step kernels take a counter at 0 as zero states."""
+        raise NotImplementedError
+
+    @staticmethod
+    def _new_state(p: torch.Tensor, capturing: bool) -> torch.Tensor:
+        make = torch.empty_like if capturing else torch.zeros_like
+        return make(p, memory_format=torch.preserve_format)
+
+    # --------------------------------------------------------------------------------------- host-side values
+    def _show(self, step: int) -> None:
+        """param_groups show the LR (and scheduled beta1 / momentum) that the next eager step() uses."""
+        if not any(s.lr_mode == _SCHEDULE or s.mom_scheduled for s in self._sources):
             return
-        s = self._schedule
-        if s is None:
-            bound = Schedule([[(0, BASE)]], lrs, name="constant")
-        elif s.num_groups == 1:
-            bound = s.with_base_lrs(lrs)
-        elif s.num_groups == len(lrs):
-            bound = s
-        else:
-            raise ValueError(f"schedule: has {s.num_groups} groups but the optimizer has {len(lrs)} param groups")
-        self._bound, self._bound_key, self._programs = bound, key, {}
+        lrs, moms = self._host_values(step)
+        for g, (group, src) in enumerate(zip(self.param_groups, self._sources)):
+            if src.lr_mode == _SCHEDULE:
+                dict.__setitem__(group, "lr", lrs[g])
+            if src.mom_scheduled:
+                if self._spec.momentum_key == "betas":
+                    dict.__setitem__(group, "betas", (moms[g], group["betas"][1]))
+                else:
+                    dict.__setitem__(group, "momentum", moms[g])
 
-    def add_param_group(self, param_group: dict) -> None:
-        super().add_param_group(param_group)
-        if getattr(self, "_bound_key", None) is not None:
-            if self._schedule is not None and self._schedule.num_groups not in (1, len(self.param_groups)):
-                raise ValueError(f"schedule: has {self._schedule.num_groups} groups, the optimizer now has "
-                                 f"{len(self.param_groups)} param groups")
-            self._bound_key = None
-            self._last_lr = {}
-            self._hparams = {}
-
-    # ---------------------------------------------------------------------------------------- per device
-    def _device_tensors(self, device: torch.device):
-        if device not in self._programs:
-            self._programs[device] = self._bound.program(device)
-        if device not in self._counters:
-            self._counters[device] = torch.full((), self._start_step, dtype=torch.int64, device=device)
-        g = len(self.param_groups)
-        if device not in self._last_lr or self._last_lr[device].numel() != g:
-            self._last_lr[device] = torch.full((g,), math.nan, dtype=torch.float64, device=device)
-        key = tuple(self._group_hparams(grp) for grp in self.param_groups)
-        cached = self._hparams.get(device)
-        if cached is None or cached[0] != key:
-            self._hparams[device] = (key, torch.tensor(key, dtype=torch.float64).to(device))
-        ints, vals = self._programs[device]
-        return ints, vals, self._counters[device], self._last_lr[device], self._hparams[device][1]
+    def _host_values(self, step: int):
+        """The bound schedule's LRs (and momentum) at `step`, evaluated on the host in blocks of steps."""
+        start, lrs, moms = self._lr_ahead
+        if lrs is None or not start <= step < start + len(lrs[0]):
+            steps = range(step, min(step + _LR_AHEAD, MAX_STEP))
+            lrs = self._bound.lr_at(steps).tolist()
+            moms = self._bound.momentum_at(steps).tolist() if getattr(self._bound, "has_momentum", False) else None
+            start = step
+            self._lr_ahead = (start, lrs, moms)
+        t = step - start
+        return [row[t] for row in lrs], (None if moms is None else [row[t] for row in moms])
 
     def last_lr(self, device: torch.device | str | None = None) -> torch.Tensor:
         """float64 [num_groups] on ``device`` (default: the first device with params): the LR each group used
-        in the last step, written by the kernel (NaN before the first step). No host sync."""
+        in the last step, written by the kernel (NaN before the first step). No host sync; a view that later
+        steps update in place."""
+        return self._buffers(self._device(device)).last_lr()
+
+    def sched_step(self, device: torch.device | str | None = None) -> torch.Tensor:
+        """The int64 step counter tensor on ``device``: the step the next ``step()`` evaluates the schedule at."""
+        return self._buffers(self._device(device)).counter
+
+    def set_sched_step(self, step: int) -> None:
+        """Moves every device's counter to ``step`` (e.g. after loading a torch SGD checkpoint, which carries no
+        step count)."""
+        if isinstance(step, bool) or not isinstance(step, int) or not 0 <= step < MAX_STEP - 1:
+            raise ValueError(f"step must be an int in [0, 2**53 - 1), got {step!r}")
+        for b in self._devices.values():
+            b.check_not_capturing("set_sched_step")
+        for b in self._devices.values():
+            b.set_counter(step)
+        self._host_step = step
+        self._show(step)
+
+    def _device(self, device) -> torch.device:
         if device is None:
             device = next(p.device for g in self.param_groups for p in g["params"])
         device = torch.device(device)
         if device.type == "cuda" and device.index is None:
             device = torch.device("cuda", torch.cuda.current_device())
-        self._bind()
-        return self._device_tensors(device)[3]
+        return device
 
-    def sched_step(self, device: torch.device | str | None = None) -> torch.Tensor:
-        """The int64 step counter tensor on ``device`` (the step the next ``step()`` will use)."""
-        if device is None:
-            device = next(p.device for g in self.param_groups for p in g["params"])
-        self._bind()
-        return self._device_tensors(torch.device(device))[2]
-
-    def _devices(self, per_device: dict) -> list:
-        # Every device that has a counter steps, with or without grads, so counters stay in step.
-        devices = list(per_device) + [d for d in self._counters if d not in per_device]
-        if not devices:
-            devices = [next(p.device for g in self.param_groups for p in g["params"])]
-        return devices
-
-    def _amp_tensors(self, device):
-        gs = getattr(self, "grad_scale", None)
-        fi = getattr(self, "found_inf", None)
-        gs = None if gs is None else gs.to(device=device, dtype=torch.float32, non_blocking=True)
-        fi = None if fi is None else fi.to(device=device, dtype=torch.float32, non_blocking=True)
-        return gs, fi
-
-    @staticmethod
-    def _check_param(p: torch.Tensor) -> torch.Tensor:
-        if p.grad.is_sparse:
-            raise RuntimeError("warmup_fused optimizers do not support sparse gradients")
-        if not p.is_contiguous():
-            raise ValueError("params must be contiguous (got a non-contiguous param of shape "
-                             f"{tuple(p.shape)}); the fused kernels index params as flat arrays")
-        if p.dtype not in (torch.float32, torch.float64, torch.float16, torch.bfloat16):
-            raise TypeError(f"unsupported param dtype {p.dtype}: float32, float64, float16 and bfloat16 are")
-        if p.grad.dtype != p.dtype:
-            raise TypeError(f"grad dtype {p.grad.dtype} differs from its param's {p.dtype}")
-        return p.grad if p.grad.is_contiguous() else p.grad.contiguous()
-
-    @torch.no_grad()
-    def step(self, closure=None):
-        """One update of every param with a grad: a single fused op call per device. Returns closure's loss."""
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        self._bind()
-        per_device: dict = {}
-        for gi, group in enumerate(self.param_groups):
-            for p in group["params"]:
-                if p.grad is not None:
-                    row = self._prepare(gi, group, p, self._check_param(p), self.state[p])
-                    per_device.setdefault(p.device, []).append(row)
-        for device in self._devices(per_device):
-            columns = [list(c) for c in zip(*per_device[device])] if device in per_device else None
-            self._launch(columns, *self._device_tensors(device), *self._amp_tensors(device))
-        return loss
-
-    def _prepare(self, gi: int, group: dict, p: torch.Tensor, grad: torch.Tensor, state: dict) -> tuple:
-        """Initialises the param's state if needed; returns its row of op arguments."""
-        raise NotImplementedError
-
-    def _launch(self, columns, ints, vals, counter, last_lr, hparams, grad_scale, found_inf) -> None:
-        """Calls the op once for a device; ``columns`` transposes the rows of _prepare (None: no grads)."""
-        raise NotImplementedError
-
-    @staticmethod
-    def _optional(tensors: list) -> list:
-        """The op's form for per-param tensors only some groups use: [] when none does, else a shared empty
-        placeholder where a param has none."""
-        if all(t is None for t in tensors):
-            return []
-        placeholder = next(t for t in tensors if t is not None).new_empty(0)
-        return [placeholder if t is None else t for t in tensors]
-
-    # ----------------------------------------------------------------------------------------- checkpoints
+    # ----------------------------------------------------------------------------------------------- checkpoints
     def state_dict(self) -> dict[str, Any]:
-        sd = super().state_dict()
-        step = int(next(iter(self._counters.values()))) if self._counters else self._start_step
-        self._bind()
-        lrs = self._bound.lr_at(step)[:, 0].tolist()
-        for g, base, lr in zip(sd["param_groups"], self._base_lrs(), lrs):
-            g["initial_lr"] = base
-            g["lr"] = lr
-        sd["warmup_fused"] = {"sched_step": step}
-        return sd
+        return _checkpoint.state_dict(self)
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        state_dict = dict(state_dict)
-        extra = state_dict.pop("warmup_fused", None)
-        super().load_state_dict(state_dict)
-        steps = [0]
-        for p, st in self.state.items():
-            if "step" in st:
-                st["step"] = torch.as_tensor(st["step"]).to(dtype=torch.float32, device=p.device)
-                steps.append(int(st["step"].item()))
-        start = int(extra["sched_step"]) if extra is not None else max(steps)
-        self._start_step = start
-        for t in self._counters.values():
-            t.fill_(start)
-        self._bound_key = None
-        self._hparams = {}
-        self._last_lr = {}
-        self._bind()
+        _checkpoint.load_state_dict(self, state_dict)
+
+    def __getstate__(self) -> dict[str, Any]:
+        return _checkpoint.getstate(self)
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        _checkpoint.setstate(self, state)
 
 
 class _AdamBase(_FusedOptimizer):
-    _adamw = True
+    _spec = ADAM_SPEC
+    _op_name = "adam_step"
 
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, amsgrad=False, *,
-                 maximize=False, schedule: Schedule | None = None):
-        lr = _check_number("lr", lr)
-        eps = _check_number("eps", eps)
-        weight_decay = _check_number("weight_decay", weight_decay)
-        if not 0.0 <= lr:
-            raise ValueError(f"Invalid learning rate: {lr}")
-        if not 0.0 <= eps:
-            raise ValueError(f"Invalid epsilon value: {eps}")
-        if not isinstance(betas, (tuple, list)) or len(betas) != 2:
-            raise ValueError(f"betas must be a pair of numbers, got {betas!r}")
-        b0, b1 = (_check_number(f"betas[{i}]", b) for i, b in enumerate(betas))
-        if not 0.0 <= b0 < 1.0:
-            raise ValueError(f"Invalid beta parameter at index 0: {b0}")
-        if not 0.0 <= b1 < 1.0:
-            raise ValueError(f"Invalid beta parameter at index 1: {b1}")
-        if not 0.0 <= weight_decay:
-            raise ValueError(f"Invalid weight_decay value: {weight_decay}")
-        defaults = dict(lr=lr, betas=(b0, b1), eps=eps, weight_decay=weight_decay, amsgrad=bool(amsgrad),
-                        maximize=bool(maximize), foreach=None, capturable=False, differentiable=False,
-                        fused=True, decoupled_weight_decay=self._adamw)
+                 foreach=None, maximize=False, capturable=False, differentiable=False, fused=None,
+                 decoupled_weight_decay=False, schedule: Schedule | None = None):
+        defaults = dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, amsgrad=amsgrad, maximize=maximize,
+                        foreach=foreach, capturable=capturable, differentiable=differentiable, fused=fused,
+                        decoupled_weight_decay=decoupled_weight_decay)
+        ADAM_SPEC.check_group(defaults)
+        defaults["betas"] = tuple(betas)
         super().__init__(params, defaults, schedule)
 
-    @staticmethod
-    def _group_hparams(g) -> tuple:
-        b0, b1 = g["betas"]
-        return (float(b0), float(b1), float(g["eps"]), float(g["weight_decay"]), float(bool(g["amsgrad"])),
-                float(bool(g["maximize"])))
-
-    def _prepare(self, gi, group, p, grad, state):
-        if len(state) == 0:
-            state["step"] = torch.zeros((), dtype=torch.float32, device=p.device)
-            state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-            state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-        if group["amsgrad"] and "max_exp_avg_sq" not in state:
-            state["max_exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-        return p, grad, state["exp_avg"], state["exp_avg_sq"], state.get("max_exp_avg_sq"), state["step"], gi
-
-    def _launch(self, columns, ints, vals, counter, last_lr, hparams, grad_scale, found_inf):
-        ps, grads, ms, vs, vms, steps, groups = columns or ([],) * 7
-        _ops.adam_step(ps, grads, ms, vs, self._optional(vms), steps, counter, last_lr, ints, vals, hparams,
-                       groups, self._adamw, grad_scale, found_inf)
+    def _init_state(self, g, p, capturing):
+        state = self.state[p]
+        had_state = bool(state)
+        if not had_state:
+            state["step"] = self._slot(p)
+            state["exp_avg"] = self._new_state(p, capturing)
+            state["exp_avg_sq"] = self._new_state(p, capturing)
+        if self._groups[g]["amsgrad"] and "max_exp_avg_sq" not in state:
+            if capturing and had_state:
+                raise RuntimeError("amsgrad was switched on for params that already have state, inside a CUDA "
+                                   "graph capture: run one eager step after the change, then capture")
+            state["max_exp_avg_sq"] = self._new_state(p, capturing)  # zeros: a running max from 0, as torch's
 
 
 class AdamW(_AdamBase):
-    """torch.optim.AdamW (decoupled weight decay) with the LR computed on the device from ``schedule``.
+    """torch.optim.AdamW with the LR computed on the device from ``schedule``.
 
-    Arguments as torch's (lr, betas, eps, weight_decay=1e-2, amsgrad, maximize) plus ``schedule=``;
-    see the module docstring for the step counter, skipped steps and checkpoints.
+    Arguments as torch's (lr, betas, eps, weight_decay=1e-2, amsgrad, maximize, foreach, capturable,
+    differentiable=False, fused; the implementation switches are accepted and change nothing: ours is always
+    fused and capturable) plus ``schedule=``. See the module docstring for where each step's LR comes from.
     """
 
-    _adamw = True
-
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2, amsgrad=False, *,
-                 maximize=False, schedule: Schedule | None = None):
-        super().__init__(params, lr, betas, eps, weight_decay, amsgrad, maximize=maximize, schedule=schedule)
+                 maximize=False, foreach=None, capturable=False, differentiable=False, fused=None,
+                 schedule: Schedule | None = None):
+        super().__init__(params, lr, betas, eps, weight_decay, amsgrad, maximize=maximize, foreach=foreach,
+                         capturable=capturable, differentiable=differentiable, fused=fused,
+                         decoupled_weight_decay=True, schedule=schedule)
 
 
 class Adam(_AdamBase):
-    """torch.optim.Adam (L2 weight decay) with the LR computed on the device from ``schedule``."""
-
-    _adamw = False
+    """torch.optim.Adam (L2 weight decay; ``decoupled_weight_decay=True`` makes it AdamW, as in torch) with the LR
+    computed on the device from ``schedule``. Arguments as torch's plus ``schedule=``."""
 
 
 class SGD(_FusedOptimizer):
     """torch.optim.SGD with the LR computed on the device from ``schedule``.
 
-    Arguments as torch's (lr, momentum, dampening, weight_decay, nesterov, maximize) plus ``schedule=``.
-    The momentum buffer is initialised to the (decayed) gradient on a param's first step, as torch does.
+    Arguments as torch's (lr, momentum, dampening, weight_decay, nesterov, maximize, foreach, differentiable=False,
+    fused) plus ``schedule=``. The momentum buffer is initialised to the (decayed) gradient on a param's first
+    step, as torch does; unlike torch's fused SGD, a first step that a GradScaler skips leaves that to the next one.
     """
 
+    _spec = SGD_SPEC
+    _op_name = "sgd_step"
+
     def __init__(self, params, lr=1e-3, momentum=0.0, dampening=0.0, weight_decay=0.0, nesterov=False, *,
-                 maximize=False, schedule: Schedule | None = None):
-        lr = _check_number("lr", lr)
-        momentum = _check_number("momentum", momentum)
-        dampening = _check_number("dampening", dampening)
-        weight_decay = _check_number("weight_decay", weight_decay)
-        if lr < 0.0:
-            raise ValueError(f"Invalid learning rate: {lr}")
-        if momentum < 0.0:
-            raise ValueError(f"Invalid momentum value: {momentum}")
-        if weight_decay < 0.0:
-            raise ValueError(f"Invalid weight_decay value: {weight_decay}")
-        if nesterov and (momentum <= 0 or dampening != 0):
-            raise ValueError("Nesterov momentum requires a momentum and zero dampening")
-        defaults = dict(lr=lr, momentum=momentum, dampening=dampening, weight_decay=weight_decay,
-                        nesterov=bool(nesterov), maximize=bool(maximize), foreach=None, differentiable=False,
-                        fused=True)
+                 maximize=False, foreach=None, differentiable=False, fused=None, schedule: Schedule | None = None):
+        defaults = dict(lr=lr, momentum=momentum, dampening=dampening, weight_decay=weight_decay, nesterov=nesterov,
+                        maximize=maximize, foreach=foreach, differentiable=differentiable, fused=fused)
+        SGD_SPEC.check_group(defaults)
         super().__init__(params, defaults, schedule)
 
-    @staticmethod
-    def _group_hparams(g) -> tuple:
-        return (float(g["momentum"]), float(g["dampening"]), float(g["weight_decay"]), float(bool(g["nesterov"])),
-                float(bool(g["maximize"])))
-
-    def _prepare(self, gi, group, p, grad, state):
-        first = False
-        buf = None
-        if group["momentum"] != 0:
-            buf = state.get("momentum_buffer")
-            if buf is None:  # the kernel initialises it to the (decayed) grad, as torch does
-                buf = state["momentum_buffer"] = torch.empty_like(p, memory_format=torch.preserve_format)
-                first = True
-        return p, grad, buf, gi, first
-
-    def _launch(self, columns, ints, vals, counter, last_lr, hparams, grad_scale, found_inf):
-        ps, grads, bufs, groups, firsts = columns or ([],) * 5
-        _ops.sgd_step(ps, grads, self._optional(bufs), counter, last_lr, ints, vals, hparams, groups,
-                      firsts if any(firsts) else [], grad_scale, found_inf)
+    def _init_state(self, g, p, capturing):
+        stepped = p in self._step_slots
+        slot = self._slot(p)  # steps taken: 0 means the kernel initialises the momentum buffer
+        state = self.state[p]
+        if as_float(self._groups[g]["momentum"]) != 0.0 and "momentum_buffer" not in state:
+            if stepped:  # it stepped without momentum: its buffer starts now, as torch's would
+                if capturing:
+                    raise RuntimeError("momentum was switched on for params that already stepped, inside a CUDA "
+                                       "graph capture: run one eager step after the change, then capture")
+                slot.zero_()
+            state["momentum_buffer"] = self._new_state(p, capturing)  # zeros until the kernel initialises it

@@ -17,13 +17,12 @@
 #include <algorithm>
 #include <vector>
 
-#include "../optim_math.h"
-#include "../program.h"
+#include "../step_driver.h"
 
 namespace warmup_fused {
 namespace {
 
-constexpr int64_t kChunk = 1 << 17;  // elements per parallel work item (a multiple of every vector width;
+constexpr int64_t kWorkItem = 1 << 17;  // elements per parallel work item (a multiple of every vector width;
                                       // 2^13..2^19 measured: 2^17 best on 16M params in 50 tensors)
 
 int64_t vector_bytes() {
@@ -173,35 +172,7 @@ void sgd_range_dispatch(void* p, void* g, void* b, bool first, const SgdScalars<
   sgd_range<scalar_t>(p, g, b, first, s, gs, begin, end, vec_end);
 }
 
-// ------------------------------------------------------------------------------------------- shared checks
-
-// Reads the schedule step, evaluates every group's LR (written to last_lr) and returns them.
-std::vector<double> eval_lrs(const at::Tensor& sched_step, const at::Tensor& last_lr, const at::Tensor& ints,
-                             const at::Tensor& vals, const at::Tensor& hparams, int64_t k) {
-  validate_program(ints, vals);
-  const int64_t groups = ints.data_ptr<int64_t>()[0];
-  TORCH_CHECK_TYPE(sched_step.scalar_type() == at::kLong && sched_step.numel() == 1 && sched_step.device().is_cpu(),
-                   "sched_step must be a CPU int64 tensor with one element");
-  TORCH_CHECK_TYPE(last_lr.scalar_type() == at::kDouble && last_lr.numel() == groups && last_lr.is_contiguous() &&
-                       last_lr.device().is_cpu(),
-                   "last_lr must be a contiguous CPU float64 tensor with one element per group (", groups, ")");
-  TORCH_CHECK_TYPE(hparams.scalar_type() == at::kDouble && hparams.dim() == 2 && hparams.size(0) == groups &&
-                       hparams.size(1) == k && hparams.is_contiguous() && hparams.device().is_cpu(),
-                   "hparams must be a contiguous CPU float64 tensor of shape [", groups, ", ", k, "], got ",
-                   hparams.sizes());
-  const int64_t step = *sched_step.data_ptr<int64_t>();
-  std::vector<double> lrs(groups);
-  double* out = last_lr.data_ptr<double>();
-  for (int64_t g = 0; g < groups; ++g) out[g] = lrs[g] = schedule_lr(ints.data_ptr<int64_t>(), vals.data_ptr<double>(), g, step);
-  return lrs;
-}
-
-const float* scalar_ptr(const std::optional<at::Tensor>& t, const char* name) {
-  if (!t.has_value() || !t->defined()) return nullptr;
-  TORCH_CHECK_TYPE(t->scalar_type() == at::kFloat && t->numel() == 1 && t->device().is_cpu(), name,
-                   " must be a CPU float32 tensor with one element");
-  return t->data_ptr<float>();
-}
+// ------------------------------------------------------------------------------------------------ the ops
 
 struct Work {
   int64_t tensor, begin, end;
@@ -210,119 +181,139 @@ struct Work {
 std::vector<Work> make_work(const std::vector<int64_t>& numels) {
   std::vector<Work> work;
   for (size_t i = 0; i < numels.size(); ++i)
-    for (int64_t b = 0; b < numels[i]; b += kChunk) work.push_back({int64_t(i), b, std::min(numels[i], b + kChunk)});
+    for (int64_t b = 0; b < numels[i]; b += kWorkItem) work.push_back({int64_t(i), b, std::min(numels[i], b + kWorkItem)});
   return work;
+}
+
+// Checks everything, then evaluates every group (the group kernel's code, run on the host: LR and beta1/momentum per
+// group into scratch, the skip flag) and advances sched_step. Returns the grads in their params' layouts.
+std::vector<at::Tensor> begin_step(const StepLists& l, const at::Tensor& sched_step, const at::Tensor& scratch,
+                                   const at::Tensor& ints, const at::Tensor& vals, const at::Tensor& hparams,
+                                   const c10::List<std::optional<at::Tensor>>& lr_tensors,
+                                   const std::optional<at::Tensor>& grad_scale,
+                                   const std::optional<at::Tensor>& found_inf) {
+  const c10::Device cpu(c10::kCPU);
+  check_step_buffers(sched_step, scratch, ints, vals, hparams, hparam_cols(l.adam), lr_tensors, grad_scale,
+                     found_inf, cpu);
+  validate_program(ints, vals);
+  const int64_t groups = hparams.size(0);
+  const int64_t program_groups = ints.data_ptr<int64_t>()[0];
+  const double* hp = hparams.data_ptr<double>();
+  for (int64_t g = 0; g < groups; ++g) {
+    const bool momentum_channel = hp[g * hparams.size(1) + kMomentumSource] != 0.0;
+    TORCH_CHECK_VALUE(program_groups >= (momentum_channel ? 2 * groups : groups), "the schedule program has ",
+                      program_groups, " groups for ", groups, " param groups", momentum_channel ? " and their momentum" : "");
+  }
+  check_step_lists(l, groups, cpu);
+  for (size_t i = 0; i < l.params.size(); ++i)
+    if (l.adam && hp[l.groups[i] * kAdamCols + kAmsgrad] != 0.0)
+      TORCH_CHECK_VALUE(has_state(l.s3, i, l.params[i]), "params[", i, "] uses amsgrad but has no max_exp_avg_sq");
+  // Nothing was written up to here.
+  std::vector<at::Tensor> grads = conform_grads(l.params, l.grads);
+  const GroupParams a = group_params(sched_step, scratch, ints, vals, hparams, lr_tensors, found_inf);
+  group_eval_thread(a, 0, 1);
+  group_advance_thread(a, 0);
+  return grads;
 }
 
 // ------------------------------------------------------------------------------------------------ adam_step
 
 void adam_step_cpu(at::TensorList params, at::TensorList grads, at::TensorList exp_avgs, at::TensorList exp_avg_sqs,
                    at::TensorList max_exp_avg_sqs, at::TensorList state_steps, const at::Tensor& sched_step,
-                   const at::Tensor& last_lr, const at::Tensor& ints, const at::Tensor& vals,
-                   const at::Tensor& hparams, at::IntArrayRef tensor_group, bool adamw,
-                   const std::optional<at::Tensor>& grad_scale, const std::optional<at::Tensor>& found_inf) {
+                   const at::Tensor& scratch, const at::Tensor& ints, const at::Tensor& vals,
+                   const at::Tensor& hparams, const c10::List<std::optional<at::Tensor>>& lr_tensors,
+                   at::IntArrayRef tensor_group, const std::optional<at::Tensor>& grad_scale,
+                   const std::optional<at::Tensor>& found_inf) {
+  const StepLists l{params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, state_steps, tensor_group, true};
+  const std::vector<at::Tensor> used = begin_step(l, sched_step, scratch, ints, vals, hparams, lr_tensors, grad_scale,
+                                                  found_inf);
   const size_t n = params.size();
-  check_adam_lists(n, grads.size(), exp_avgs.size(), exp_avg_sqs.size(), max_exp_avg_sqs.size(), state_steps.size(),
-                   tensor_group.size());
-  const std::vector<double> lrs = eval_lrs(sched_step, last_lr, ints, vals, hparams, kAdamHparams);
-  const int64_t groups = int64_t(lrs.size());
+  const double* sc = scratch.data_ptr<double>();
+  const double* lrs = sc + kScratchLr;
+  const double* beta1s = lrs + hparams.size(0);
+  if (sc[kScratchSkip] != 0.0 || n == 0) return;
   const double* hp = hparams.data_ptr<double>();
+  const float* gs = optional_ptr(grad_scale);
+  std::vector<AdamTensorArgs> args(n);
+  std::vector<int64_t> numels(n);
   for (size_t i = 0; i < n; ++i) {
-    check_param(params[i], tensor_group[i], groups, c10::Device(c10::kCPU), i);
-    check_like(params[i], grads[i], "grads", i);
-    check_like(params[i], exp_avgs[i], "exp_avgs", i);
-    check_like(params[i], exp_avg_sqs[i], "exp_avg_sqs", i);
-    if (hp[tensor_group[i] * kAdamHparams + kAmsgrad] != 0.0) {
-      TORCH_CHECK_VALUE(!max_exp_avg_sqs.empty(), "params[", i, "] uses amsgrad but max_exp_avg_sqs is empty");
-      check_like(params[i], max_exp_avg_sqs[i], "max_exp_avg_sqs", i);
+    float* st = state_steps[i].data_ptr<float>();
+    const bool ams = hp[tensor_group[i] * kAdamCols + kAmsgrad] != 0.0;
+    if (*st == 0.0f) {  // a param's first step starts from zero states, whatever their memory holds
+      exp_avgs[i].zero_();
+      exp_avg_sqs[i].zero_();
+      if (ams) max_exp_avg_sqs[i].zero_();
     }
-    TORCH_CHECK_TYPE(state_steps[i].scalar_type() == at::kFloat && state_steps[i].numel() == 1 &&
-                         state_steps[i].device().is_cpu(),
-                     "state_steps[", i, "] must be a CPU float32 tensor with one element");
+    *st = *st + 1.0f;  // torch: _foreach_add_(state_steps, 1) before the update
+    const int64_t numel = params[i].numel();
+    const int64_t vw = vector_bytes() / int64_t(params[i].element_size());
+    args[i] = {params[i].data_ptr(), used[i].data_ptr(), exp_avgs[i].data_ptr(), exp_avg_sqs[i].data_ptr(),
+               ams ? max_exp_avg_sqs[i].data_ptr() : nullptr, numel, numel - numel % vw, tensor_group[i], *st};
+    numels[i] = numel;
   }
-  const float* gs = scalar_ptr(grad_scale, "grad_scale");
-  const float* fi = scalar_ptr(found_inf, "found_inf");
-  const bool skip = fi && *fi != 0.0f;
-  if (!skip && n > 0) {
-    std::vector<AdamTensorArgs> args(n);
-    std::vector<int64_t> numels(n);
-    for (size_t i = 0; i < n; ++i) {
-      float* st = state_steps[i].data_ptr<float>();
-      *st = *st + 1.0f;  // torch: _foreach_add_(state_steps, 1) before the update
-      const int64_t numel = params[i].numel();
-      const int64_t vw = vector_bytes() / int64_t(params[i].element_size());
-      const bool ams = hp[tensor_group[i] * kAdamHparams + kAmsgrad] != 0.0;
-      args[i] = {params[i].data_ptr(), grads[i].data_ptr(), exp_avgs[i].data_ptr(), exp_avg_sqs[i].data_ptr(),
-                 ams ? max_exp_avg_sqs[i].data_ptr() : nullptr, numel, numel - numel % vw, tensor_group[i], *st};
-      numels[i] = numel;
+  const std::vector<Work> work = make_work(numels);
+  at::parallel_for(0, int64_t(work.size()), 1, [&](int64_t wb, int64_t we) {
+    for (int64_t w = wb; w < we; ++w) {
+      const Work& job = work[w];
+      const AdamTensorArgs& t = args[job.tensor];
+      const double* h = hp + t.group * kAdamCols;
+      AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, params[job.tensor].scalar_type(), "adam_step_cpu",
+                                      [&] {
+        using T = opmath_of<scalar_t>;
+        const auto s = adam_cpu_scalars<T>(lrs[t.group], beta1s[t.group], h[kBeta2], h[kEps], h[kWeightDecay],
+                                           h[kAmsgrad] != 0.0, h[kMaximize] != 0.0, t.step);
+        adam_range_dispatch<scalar_t>(t, s, h[kDecoupled] != 0.0, gs, job.begin, job.end);
+      });
     }
-    const std::vector<Work> work = make_work(numels);
-    at::parallel_for(0, int64_t(work.size()), 1, [&](int64_t wb, int64_t we) {
-      for (int64_t w = wb; w < we; ++w) {
-        const Work& job = work[w];
-        const AdamTensorArgs& t = args[job.tensor];
-        const double* h = hp + t.group * kAdamHparams;
-        AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, params[job.tensor].scalar_type(), "adam_step_cpu",
-                                        [&] {
-          using T = opmath_of<scalar_t>;
-          const auto s = adam_cpu_scalars<T>(lrs[t.group], h[kBeta1], h[kBeta2], h[kEps], h[kWeightDecay],
-                                             h[kAmsgrad] != 0.0, h[kMaximize] != 0.0, t.step);
-          adam_range_dispatch<scalar_t>(t, s, adamw, gs, job.begin, job.end);
-        });
-      }
-    });
-  }
-  int64_t* ss = sched_step.data_ptr<int64_t>();
-  *ss = *ss + 1;
+  });
+  restore_grads(grads, used, gs != nullptr);
 }
 
 // ------------------------------------------------------------------------------------------------- sgd_step
 
 void sgd_step_cpu(at::TensorList params, at::TensorList grads, at::TensorList momentum_buffers,
-                  const at::Tensor& sched_step, const at::Tensor& last_lr, const at::Tensor& ints,
-                  const at::Tensor& vals, const at::Tensor& hparams, at::IntArrayRef tensor_group,
-                  c10::List<bool> is_first_step, const std::optional<at::Tensor>& grad_scale,
-                  const std::optional<at::Tensor>& found_inf) {
+                  at::TensorList state_steps, const at::Tensor& sched_step, const at::Tensor& scratch,
+                  const at::Tensor& ints, const at::Tensor& vals, const at::Tensor& hparams,
+                  const c10::List<std::optional<at::Tensor>>& lr_tensors, at::IntArrayRef tensor_group,
+                  const std::optional<at::Tensor>& grad_scale, const std::optional<at::Tensor>& found_inf) {
+  const StepLists l{params, grads, momentum_buffers, {}, {}, state_steps, tensor_group, false};
+  const std::vector<at::Tensor> used = begin_step(l, sched_step, scratch, ints, vals, hparams, lr_tensors, grad_scale,
+                                                  found_inf);
   const size_t n = params.size();
-  check_sgd_lists(n, grads.size(), momentum_buffers.size(), is_first_step.size(), tensor_group.size());
-  const std::vector<double> lrs = eval_lrs(sched_step, last_lr, ints, vals, hparams, kSgdHparams);
+  const double* sc = scratch.data_ptr<double>();
+  const double* lrs = sc + kScratchLr;
+  const double* momenta = lrs + hparams.size(0);
+  if (sc[kScratchSkip] != 0.0 || n == 0) return;  // a skipped first step leaves the counter at 0: still "first"
   const double* hp = hparams.data_ptr<double>();
+  const float* gs = optional_ptr(grad_scale);
+  std::vector<int64_t> numels(n);
+  std::vector<char> first(n);
   for (size_t i = 0; i < n; ++i) {
-    check_param(params[i], tensor_group[i], int64_t(lrs.size()), c10::Device(c10::kCPU), i);
-    check_like(params[i], grads[i], "grads", i);
-    if (hp[tensor_group[i] * kSgdHparams + kMomentum] != 0.0) {
-      TORCH_CHECK_VALUE(!momentum_buffers.empty(), "params[", i, "] uses momentum but momentum_buffers is empty");
-      check_like(params[i], momentum_buffers[i], "momentum_buffers", i);
+    numels[i] = params[i].numel();
+    float* st = state_steps[i].data_ptr<float>();
+    first[i] = *st == 0.0f;
+    *st = *st + 1.0f;
+  }
+  const std::vector<Work> work = make_work(numels);
+  at::parallel_for(0, int64_t(work.size()), 1, [&](int64_t wb, int64_t we) {
+    for (int64_t w = wb; w < we; ++w) {
+      const Work& job = work[w];
+      const int64_t i = job.tensor;
+      const int64_t grp = tensor_group[i];
+      const double* h = hp + grp * kSgdCols;
+      const bool has_buf = has_state(momentum_buffers, i, params[i]);
+      AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, params[i].scalar_type(), "sgd_step_cpu", [&] {
+        using T = opmath_of<scalar_t>;
+        const auto s = sgd_scalars<T>(lrs[grp], has_buf ? momenta[grp] : 0.0, h[kDampening], h[kSgdWeightDecay],
+                                      h[kNesterov] != 0.0, h[kSgdMaximize] != 0.0);
+        sgd_range_dispatch<scalar_t>(params[i].data_ptr(), used[i].data_ptr(),
+                                     has_buf ? momentum_buffers[i].data_ptr() : nullptr, first[i] != 0, s, gs,
+                                     job.begin, job.end,
+                                     numels[i] - numels[i] % (vector_bytes() / params[i].element_size()));
+      });
     }
-  }
-  const float* gs = scalar_ptr(grad_scale, "grad_scale");
-  const float* fi = scalar_ptr(found_inf, "found_inf");
-  const bool skip = fi && *fi != 0.0f;
-  if (!skip && n > 0) {
-    std::vector<int64_t> numels(n);
-    for (size_t i = 0; i < n; ++i) numels[i] = params[i].numel();
-    const std::vector<Work> work = make_work(numels);
-    at::parallel_for(0, int64_t(work.size()), 1, [&](int64_t wb, int64_t we) {
-      for (int64_t w = wb; w < we; ++w) {
-        const Work& job = work[w];
-        const int64_t i = job.tensor;
-        const int64_t grp = tensor_group[i];
-        const double* h = hp + grp * kSgdHparams;
-        const bool has_m = h[kMomentum] != 0.0;
-        const bool first = is_first_step.size() ? bool(is_first_step.get(i)) : false;
-        AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, params[i].scalar_type(), "sgd_step_cpu", [&] {
-          using T = opmath_of<scalar_t>;
-          const auto s = sgd_scalars<T>(lrs[grp], h[kMomentum], h[kDampening], h[kSgdWeightDecay],
-                                        h[kNesterov] != 0.0, h[kSgdMaximize] != 0.0);
-          sgd_range_dispatch<scalar_t>(params[i].data_ptr(), grads[i].data_ptr(),
-                                       has_m ? momentum_buffers[i].data_ptr() : nullptr, first, s, gs, job.begin,
-                                       job.end, numels[i] - numels[i] % (vector_bytes() / params[i].element_size()));
-        });
-      }
-    });
-  }
-  int64_t* ss = sched_step.data_ptr<int64_t>();
-  *ss = *ss + 1;
+  });
+  restore_grads(grads, used, gs != nullptr);
 }
 
 }  // namespace

@@ -1,0 +1,323 @@
+"""Checkpoints of the fused optimizers: torch's layout plus what a resume needs, in both directions.
+
+``state_dict()`` is torch's (``state[i]`` with ``step``, ``exp_avg``, ``exp_avg_sq``, ``max_exp_avg_sq`` /
+``momentum_buffer``; ``param_groups`` with every hyperparameter, ``lr`` the LR of the next step and ``initial_lr``
+the base LR, as a torch scheduler leaves them) plus ``state_dict()['warmup_fused']``: the schedule counter, the
+schedule itself (so a fresh optimizer continues without ``schedule=``) and each group's LR source. torch's
+optimizers load it; ours load torch's. ``load_state_dict`` checks everything before it changes anything, and
+writes into the tensors a captured CUDA graph holds where they exist.
+"""
+from __future__ import annotations
+
+import math
+import warnings
+from typing import Any
+
+import torch
+
+from ._hparams import ADAM_SPEC, ParamGroup, as_float
+from ._ops import LAYOUT
+from .schedules import Schedule
+
+FORMAT = 1
+_MODES = {LAYOUT["lr_from_schedule"]: "schedule", LAYOUT["lr_from_host"]: "host", LAYOUT["lr_from_tensor"]: "tensor"}
+_MODE_OF = {v: k for k, v in _MODES.items()}
+_MAX_COUNTER = 2**53 - 2  # the last step a schedule can evaluate is 2**53 - 1
+
+
+def _counter(opt) -> int:
+    if opt._devices:
+        return int(next(iter(opt._devices.values())).counter)
+    return opt._host_step
+
+
+def _extra(opt, step: int) -> dict:
+    """What a resume needs beyond torch's layout (plain Python values: torch.load(weights_only=True) takes it)."""
+    return {
+        "format": FORMAT,
+        "sched_step": step,
+        "schedule": None if opt._schedule is None else opt._schedule.state_dict(),
+        "lr_source": [_MODES[s.lr_mode] for s in opt._sources],
+        "host_lr": [s.host_lr for s in opt._sources],
+        "momentum_scheduled": [bool(s.mom_scheduled) for s in opt._sources],
+        "host_momentum": [s.host_mom for s in opt._sources],
+    }
+
+
+def _initialised(opt) -> dict:
+    """SGD: which params' momentum buffers hold values (their counters are > 0; one read per device)."""
+    if not opt._step_slots:
+        return {}
+    params = list(opt._step_slots)
+    values = torch.stack([opt._step_slots[p].to("cpu", non_blocking=False) for p in params]).tolist()
+    return {p: v > 0 for p, v in zip(params, values)}
+
+
+def state_dict(opt) -> dict[str, Any]:
+    sd = torch.optim.Optimizer.state_dict(opt)
+    step = _counter(opt)
+    lrs, moms = opt._host_values(min(step, 2**53 - 1))
+    for g, (packed, src) in enumerate(zip(sd["param_groups"], opt._sources)):
+        if src.lr_mode == LAYOUT["lr_from_schedule"]:
+            packed["lr"] = lrs[g]
+        if src.mom_scheduled:
+            if opt._spec is ADAM_SPEC:
+                packed["betas"] = (moms[g], packed["betas"][1])
+            else:
+                packed["momentum"] = moms[g]
+    if opt._spec is not ADAM_SPEC:  # a buffer the kernel has not initialised yet is not state (torch: None)
+        ready = _initialised(opt)
+        index = {id(p): i for i, p in enumerate(p for g in opt.param_groups for p in g["params"])}
+        for p, ok in ready.items():
+            st = sd["state"].get(index.get(id(p)))
+            if st is not None and not ok and "momentum_buffer" in st:
+                sd["state"][index[id(p)]] = {k: v for k, v in st.items() if k != "momentum_buffer"}
+    sd["warmup_fused"] = _extra(opt, step)
+    return sd
+
+
+# ------------------------------------------------------------------------------------------------------- load
+def _step_value(where: str, value) -> float:
+    if isinstance(value, torch.Tensor):
+        if value.numel() != 1:
+            raise ValueError(f"{where}: step must have one element, got {value.numel()}")
+        value = value.item()
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{where}: step must be a number, got {type(value).__name__}")
+    value = float(value)
+    if not math.isfinite(value) or value < 0 or value != math.floor(value) or value >= 2**24:
+        raise ValueError(f"{where}: step must be a whole number in [0, 2**24) (a float32 count), got {value}")
+    return value
+
+
+def _check_tensor(where: str, key: str, value, param: torch.Tensor) -> None:
+    if not isinstance(value, torch.Tensor):
+        raise TypeError(f"{where}: {key} must be a Tensor, got {type(value).__name__}")
+    if value.shape != param.shape:
+        raise ValueError(f"{where}: {key} has shape {tuple(value.shape)}, its param {tuple(param.shape)}")
+    if not value.is_floating_point():
+        raise TypeError(f"{where}: {key} must be floating point, got {value.dtype}")
+
+
+def _check_state(opt, i: int, param: torch.Tensor, st) -> dict:
+    """Validates one param's saved state; returns it normalised (None values dropped)."""
+    where = f"state[{i}]"
+    if not isinstance(st, dict):
+        raise TypeError(f"{where} must be a dict, got {type(st).__name__}")
+    st = {k: v for k, v in st.items() if v is not None}
+    if opt._spec is ADAM_SPEC:
+        if not st:
+            return st
+        missing = {"step", "exp_avg", "exp_avg_sq"} - set(st)
+        if missing:
+            raise ValueError(f"{where} lacks {sorted(missing)} (keys: {sorted(st)}): not a checkpoint of Adam/AdamW")
+        allowed = {"step", "exp_avg", "exp_avg_sq", "max_exp_avg_sq"}
+    else:
+        allowed = {"momentum_buffer"}
+    extra = set(st) - allowed
+    if extra:
+        raise ValueError(f"{where} has keys {sorted(extra)} that {type(opt).__name__} does not use (a checkpoint "
+                         f"of another optimizer?)")
+    for key, value in st.items():
+        if key == "step":
+            _step_value(where, value)
+        else:
+            _check_tensor(where, key, value, param)
+    if "step" in st and _step_value(where, st["step"]) == 0.0:
+        for key in ("exp_avg", "exp_avg_sq", "max_exp_avg_sq"):
+            if key in st and bool((st[key] != 0).any()):
+                raise ValueError(f"{where}: step is 0 but {key} is not zero; a param's first step starts from zero "
+                                 "states (torch never saves such a state)")
+    return st
+
+
+def _check_extra(opt, extra, n_groups: int) -> dict:
+    if not isinstance(extra, dict):
+        raise TypeError(f"state_dict['warmup_fused'] must be a dict, got {type(extra).__name__}")
+    step = extra.get("sched_step")
+    if isinstance(step, bool) or not isinstance(step, int) or not 0 <= step <= _MAX_COUNTER:
+        raise ValueError(f"state_dict['warmup_fused']['sched_step'] must be an int in [0, 2**53 - 2], got {step!r}")
+    out = {"sched_step": step, "schedule": None}
+    if extra.get("schedule") is not None:
+        out["schedule"] = Schedule.from_state_dict(extra["schedule"])
+    for key, check in (("lr_source", lambda v: v in _MODE_OF), ("host_lr", lambda v: isinstance(v, float)),
+                       ("momentum_scheduled", lambda v: isinstance(v, bool)),
+                       ("host_momentum", lambda v: isinstance(v, float))):
+        values = extra.get(key)
+        if values is None:
+            continue
+        if not isinstance(values, list) or len(values) != n_groups or not all(check(v) for v in values):
+            raise ValueError(f"state_dict['warmup_fused']['{key}'] must be a list of {n_groups} valid entries, "
+                             f"got {values!r}")
+        out[key] = values
+    return out
+
+
+def load_state_dict(opt, state_dict: dict[str, Any]) -> None:
+    if not isinstance(state_dict, dict) or "state" not in state_dict or "param_groups" not in state_dict:
+        raise TypeError("state_dict must be an optimizer state_dict (a dict with 'state' and 'param_groups')")
+    state_dict = dict(state_dict)
+    for hook in opt._optimizer_load_state_dict_pre_hooks.values():
+        result = hook(opt, state_dict)
+        if result is not None:
+            state_dict = result
+    saved_groups = state_dict["param_groups"]
+    groups = opt.param_groups
+    if not isinstance(saved_groups, list) or len(saved_groups) != len(groups):
+        raise ValueError("loaded state dict has a different number of parameter groups")
+    for i, (g, sg) in enumerate(zip(groups, saved_groups)):
+        if not isinstance(sg, dict) or len(sg.get("params", ())) != len(g["params"]):
+            raise ValueError("loaded state dict contains a parameter group that doesn't match the size of "
+                             "optimizer's group")
+        opt._spec.check_group(sg, f"param_groups[{i}]: ")
+    id_map = {sid: p for sg, g in zip(saved_groups, groups) for sid, p in zip(sg["params"], g["params"])}
+    saved_state = state_dict["state"]
+    if not isinstance(saved_state, dict):
+        raise TypeError("state_dict['state'] must be a dict")
+    states = {}
+    for sid, st in saved_state.items():
+        if sid not in id_map:
+            raise ValueError(f"state[{sid!r}] names no param of the checkpoint's param_groups")
+        states[id_map[sid]] = _check_state(opt, sid, id_map[sid], st)
+    extra = state_dict.get("warmup_fused")
+    extra = None if extra is None else _check_extra(opt, extra, len(groups))
+    if extra is not None:
+        step = extra["sched_step"]
+    else:  # a torch checkpoint: Adam's per-param steps count the optimizer steps; SGD's has none
+        steps = [_step_value(f"state[{i}]", st["step"]) for i, st in enumerate(states.values()) if "step" in st]
+        step = int(max(steps)) if steps else None
+    for b in opt._devices.values():
+        b.check_not_capturing("load_state_dict")
+    schedule = extra["schedule"] if extra is not None and extra["schedule"] is not None else None
+    # Everything is checked; from here on only writes.
+    _apply(opt, saved_groups, states, extra, step, schedule)
+    for hook in opt._optimizer_load_state_dict_post_hooks.values():
+        hook(opt)
+
+
+def _into(existing, value: torch.Tensor, param: torch.Tensor) -> torch.Tensor:
+    """The saved value in the param's dtype, device and layout: copied into the existing state tensor when there is
+    one (a captured graph holds its address), else into a new one."""
+    if existing is None or existing.shape != param.shape or existing.dtype != param.dtype:
+        existing = torch.empty_like(param, memory_format=torch.preserve_format)
+    existing.copy_(value)
+    return existing
+
+
+def _apply(opt, saved_groups, states, extra, step, schedule) -> None:
+    from .optim import _Source
+
+    adam = opt._spec is ADAM_SPEC
+    for p in [p for g in opt.param_groups for p in g["params"]]:
+        old = opt.state.get(p, {})
+        new = states.get(p, {})
+        slot = opt._slot(p)
+        if adam:
+            slot.fill_(_step_value("step", new["step"]) if new else 0.0)
+            fresh = {}
+            if new:
+                fresh["step"] = slot
+                for key in ("exp_avg", "exp_avg_sq", "max_exp_avg_sq"):
+                    if key in new:
+                        fresh[key] = _into(old.get(key), new[key], p)
+        else:
+            fresh = {}
+            if "momentum_buffer" in new:
+                fresh["momentum_buffer"] = _into(old.get("momentum_buffer"), new["momentum_buffer"], p)
+            slot.fill_(1.0 if fresh else 0.0)
+        if fresh:
+            opt.state[p] = fresh
+        elif p in opt.state:
+            del opt.state[p]
+    opt._ready = False
+    for i, (g, sg) in enumerate(zip(opt.param_groups, saved_groups)):
+        group = {k: v for k, v in sg.items() if k != "params"}
+        group["params"] = g["params"]
+        if "param_names" in g and "param_names" not in group:
+            group["param_names"] = g["param_names"]
+        if not adam or type(opt).__name__ != "AdamW":
+            pass
+        opt.param_groups[i] = ParamGroup(group, opt)
+    if type(opt).__name__ == "AdamW":
+        for g in opt.param_groups:
+            dict.__setitem__(g, "decoupled_weight_decay", True)
+    opt._ready = True
+    opt._sources = [opt._host_source(g) for g in opt.param_groups]
+    opt._structure += 1
+    if step is not None:
+        for b in opt._devices.values():
+            b.set_counter(step)
+        opt._host_step = step
+    if extra is not None:
+        opt._rebind(schedule)
+        for g, src in enumerate(opt._sources):
+            mode = _MODE_OF[extra.get("lr_source", ["schedule"] * len(opt._sources))[g]]
+            if mode == LAYOUT["lr_from_host"]:
+                src.lr_mode, src.host_lr = mode, extra["host_lr"][g]
+            if "momentum_scheduled" in extra and not extra["momentum_scheduled"][g]:
+                src.mom_scheduled, src.host_mom = False, extra["host_momentum"][g]
+            opt._write_rows(g)
+        opt._show(opt._host_step)
+        return
+    # A torch checkpoint: the current schedule goes on from the restored counter; a group whose saved lr differs
+    # from it follows the saved lr, as torch would.
+    current = opt._schedule
+    lrs = [g["lr"] for g in opt.param_groups]
+    opt._rebind(current)
+    expected, _ = opt._host_values(opt._host_step)
+    for g, (group, src, lr) in enumerate(zip(opt.param_groups, opt._sources, lrs)):
+        if isinstance(lr, torch.Tensor) or src.lr_mode != LAYOUT["lr_from_schedule"]:
+            continue
+        if float(lr) != expected[g] or math.copysign(1, float(lr)) != math.copysign(1, expected[g]):
+            if current is not None:
+                warnings.warn(
+                    f"param group {g}: the checkpoint's lr {float(lr)!r} is not the schedule's LR at step "
+                    f"{opt._host_step} ({expected[g]!r}); the group now trains at the checkpoint's lr, as torch "
+                    "would. To continue the schedule instead, call set_sched_step(<steps taken>) and set_schedule "
+                    "(torch SGD checkpoints carry no step count).", stacklevel=3)
+            src.lr_mode, src.host_lr = LAYOUT["lr_from_host"], float(lr)
+            dict.__setitem__(group, "lr", float(lr))
+            opt._write_rows(g)
+
+
+# ------------------------------------------------------------------------------------------- pickle, deepcopy
+def getstate(opt) -> dict[str, Any]:
+    step = _counter(opt)
+    params = [p for g in opt.param_groups for p in g["params"]]
+    return {
+        "defaults": opt.defaults,
+        "state": opt.state,
+        "param_groups": [dict(g) for g in opt.param_groups],
+        "warmup_fused": _extra(opt, step),
+        "step_counts": [float(opt._step_slots[p]) if p in opt._step_slots else 0.0 for p in params],
+    }
+
+
+def setstate(opt, state: dict[str, Any]) -> None:
+    from .optim import _Source
+
+    extra = state.pop("warmup_fused", None)
+    counts = state.pop("step_counts", None)
+    torch.optim.Optimizer.__setstate__(opt, state)
+    if extra is None:  # pickled by an older version: nothing to restore
+        raise ValueError("this pickle of a warmup_fused optimizer lacks its 'warmup_fused' state")
+    opt._ready = False
+    opt._wrap_groups()
+    opt._init_host(extra["sched_step"])
+    opt._ready = True
+    params = [p for g in opt.param_groups for p in g["params"]]
+    schedule = None if extra["schedule"] is None else Schedule.from_state_dict(extra["schedule"])
+    opt._sources = [opt._host_source(g) for g in opt.param_groups]
+    opt._rebind(schedule)
+    for g, src in enumerate(opt._sources):
+        if extra["lr_source"][g] == "host":
+            src.lr_mode, src.host_lr = LAYOUT["lr_from_host"], extra["host_lr"][g]
+        if not extra["momentum_scheduled"][g]:
+            src.mom_scheduled, src.host_mom = False, extra["host_momentum"][g]
+        opt._write_rows(g)
+    for p, count in zip(params, counts or []):
+        slot = opt._slot(p)
+        slot.fill_(count)
+        if "step" in opt.state.get(p, {}):
+            opt.state[p]["step"] = slot
+    opt._show(opt._host_step)

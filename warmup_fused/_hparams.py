@@ -1,0 +1,196 @@
+"""Hyperparameters of the fused optimizers: validation, their device columns, and the param-group dict that sees
+every write.
+
+One set of checks serves the constructors, ``add_param_group``, writes into ``param_groups`` and
+``load_state_dict``: a bad value is a TypeError/ValueError naming the key, raised before anything changes.
+"""
+from __future__ import annotations
+
+import math
+import weakref
+from typing import Any, Callable
+
+import torch
+
+from ._ops import LAYOUT
+
+
+def _number(key: str, value, *, lo: float = 0.0, hi: float | None = None, hi_open: bool = True,
+            tensor_ok: bool = True, label: str | None = None) -> float:
+    """A finite float in [lo, hi) (or [lo, hi]); a one-element floating tensor counts as its value, as in torch."""
+    if isinstance(value, torch.Tensor):
+        if not tensor_ok:
+            raise TypeError(f"{key} must be a number, got a Tensor")
+        if value.numel() != 1 or not value.is_floating_point():
+            raise ValueError(f"{key}: a Tensor {key} must be a floating tensor with one element, got "
+                             f"{value.dtype} with {value.numel()} elements")
+        value = float(value.detach().reshape(()).item())
+    elif isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{key} must be a number, got {type(value).__name__}")
+    value = float(value)
+    too_high = hi is not None and (value >= hi if hi_open else value > hi)
+    if not math.isfinite(value) or value < lo or too_high:
+        bound = f">= {lo}" + ("" if hi is None else f" and {'<' if hi_open else '<='} {hi}")
+        raise ValueError(f"Invalid {label or key + ' value'}: {value} ({key} must be finite and {bound})")
+    return value
+
+
+def check_lr(value, key: str = "lr"):
+    """A float lr or a one-element floating tensor lr (kept as the tensor: torch reads it every step)."""
+    if isinstance(value, torch.Tensor):
+        if value.numel() != 1 or not value.is_floating_point():
+            raise ValueError(f"{key}: Tensor lr must be 1-element and floating, got {value.dtype} with "
+                             f"{value.numel()} elements")
+        if value.requires_grad:
+            raise ValueError(f"{key}: a Tensor lr must not require grad (differentiable optimizers are not supported)")
+        if value.device.type == "cpu":  # reading a device tensor here would sync; it is checked when read
+            _number(key, value, label="learning rate")
+        return value
+    return _number(key, value, label="learning rate")
+
+
+def _flag(key: str, value) -> bool:
+    if isinstance(value, torch.Tensor) or not isinstance(value, (bool, int)) or value not in (0, 1):
+        raise TypeError(f"{key} must be a bool, got {value!r}")
+    return bool(value)
+
+
+def _betas(key: str, value) -> tuple:
+    if not isinstance(value, (tuple, list)) or len(value) != 2:
+        raise ValueError(f"{key} must be a pair (beta1, beta2), got {value!r}")
+    if isinstance(value[0], torch.Tensor) != isinstance(value[1], torch.Tensor):
+        raise ValueError("betas must be either both floats or both Tensors")
+    for i, b in enumerate(value):
+        try:
+            _number(f"betas[{i}]", b, hi=1.0)
+        except ValueError as e:
+            raise ValueError(f"Invalid beta parameter at index {i}: {e}") from None
+    return tuple(value)
+
+
+def _accepted(key: str, allowed: tuple) -> Callable:
+    """torch's implementation switches (fused, foreach, capturable, differentiable): accepted, no effect, except
+    values that ask for something we do not do."""
+
+    def check(value):
+        if value not in allowed:
+            raise ValueError(f"{key}={value!r} is not supported: warmup_fused's optimizers are always fused and "
+                             f"capturable (accepted values: {list(allowed)})")
+        return value
+
+    return check
+
+
+_TORCH_SWITCHES = {
+    "foreach": _accepted("foreach", (None, False, True)),
+    "fused": _accepted("fused", (None, True, False)),
+    "capturable": _accepted("capturable", (False, True)),
+    "differentiable": _accepted("differentiable", (False,)),
+}
+
+
+class Spec:
+    """An optimizer's hyperparameters: how each group key is validated and which device column it fills."""
+
+    def __init__(self, name: str, cols: int, checks: dict[str, Callable], columns: dict[str, int],
+                 momentum_key: str):
+        self.name, self.cols, self.checks, self.columns, self.momentum_key = name, cols, checks, columns, momentum_key
+
+    def check_group(self, group: dict, where: str = "") -> None:
+        """Validates every hyperparameter of a group dict (raises naming the key)."""
+        for key, check in self.checks.items():
+            if key in group:
+                try:
+                    check(group[key])
+                except (TypeError, ValueError) as e:
+                    raise type(e)(f"{where}{e}") from None
+        self.check_combination(group, where)
+
+    def check_combination(self, group: dict, where: str = "") -> None:
+        if self.name == "SGD" and group.get("nesterov") and (
+                momentum_value(group) <= 0 or _number("dampening", group.get("dampening", 0.0)) != 0):
+            raise ValueError(f"{where}Nesterov momentum requires a momentum and zero dampening")
+
+    def momentum(self, group: dict):
+        """The group's beta1 (Adam) or momentum (SGD), as stored (a float or a tensor)."""
+        return group["betas"][0] if self.momentum_key == "betas" else group["momentum"]
+
+    def row(self, group: dict) -> list[float]:
+        """The group's fixed columns (everything but the LR and momentum sources) as floats."""
+        row = [0.0] * self.cols
+        for key, col in self.columns.items():
+            row[col] = as_float(group[key]) if not isinstance(group[key], bool) else float(group[key])
+        if self.name != "SGD":
+            row[LAYOUT["beta2"]] = as_float(group["betas"][1])
+        return row
+
+
+def momentum_value(group: dict) -> float:
+    return as_float(group.get("momentum", 0.0))
+
+
+def as_float(value) -> float:
+    return float(value.item()) if isinstance(value, torch.Tensor) else float(value)
+
+
+ADAM_SPEC = Spec(
+    "Adam", LAYOUT["adam_cols"],
+    {"lr": check_lr, "betas": lambda v: _betas("betas", v), "eps": lambda v: _number("eps", v, label="epsilon value"),
+     "weight_decay": lambda v: _number("weight_decay", v), "amsgrad": lambda v: _flag("amsgrad", v),
+     "maximize": lambda v: _flag("maximize", v),
+     "decoupled_weight_decay": lambda v: _flag("decoupled_weight_decay", v), **_TORCH_SWITCHES},
+    {"eps": LAYOUT["eps"], "weight_decay": LAYOUT["weight_decay"], "amsgrad": LAYOUT["amsgrad"],
+     "maximize": LAYOUT["maximize"], "decoupled_weight_decay": LAYOUT["decoupled"]},
+    "betas")
+
+SGD_SPEC = Spec(
+    "SGD", LAYOUT["sgd_cols"],
+    {"lr": check_lr, "momentum": lambda v: _number("momentum", v), "dampening": lambda v: _number("dampening", v, lo=-math.inf),
+     "weight_decay": lambda v: _number("weight_decay", v), "nesterov": lambda v: _flag("nesterov", v),
+     "maximize": lambda v: _flag("maximize", v), **_TORCH_SWITCHES},
+    {"dampening": LAYOUT["dampening"], "weight_decay": LAYOUT["sgd_weight_decay"], "nesterov": LAYOUT["nesterov"],
+     "maximize": LAYOUT["sgd_maximize"]},
+    "momentum")
+
+
+class ParamGroup(dict):
+    """A param group that tells its optimizer about every write (``group['lr'] = x``, a scheduler's update, an
+    edit of betas or weight decay), so the write is validated and reaches the device at once, in place.
+
+    Pickles and deep-copies as a plain dict; the optimizer re-wraps its groups when it is restored.
+    """
+
+    __slots__ = ("_owner",)
+
+    def __init__(self, data: dict, owner):
+        super().__init__(data)
+        self._owner = weakref.ref(owner)
+
+    def __setitem__(self, key, value):
+        owner = self._owner() if self._owner is not None else None
+        if owner is None:
+            return dict.__setitem__(self, key, value)
+        owner._on_group_write(self, key, value)
+
+    def update(self, *args, **kwargs):
+        for key, value in dict(*args, **kwargs).items():
+            self[key] = value
+
+    def setdefault(self, key, default=None):
+        if key not in self:
+            self[key] = default
+        return self[key]
+
+    def __reduce__(self):
+        return dict, (dict(self),)
+
+    def __copy__(self):
+        return dict(self)
+
+    def __deepcopy__(self, memo):
+        import copy
+
+        return copy.deepcopy(dict(self), memo)
+
+
+__all__ = ["ADAM_SPEC", "SGD_SPEC", "Spec", "ParamGroup", "check_lr", "as_float"]
