@@ -30,36 +30,51 @@ void check_program_tensors(const at::Tensor& ints, const at::Tensor& vals, const
   TORCH_CHECK_VALUE(ints.numel() >= kHeaderWords, "schedule program is empty");
 }
 
+// Every bound check is written so that it cannot overflow (a - b with both in [0, n] instead of a + b), since
+// the words may be anything: this runs on untrusted programs (e.g. loaded from a checkpoint).
 void validate_program(const at::Tensor& ints_t, const at::Tensor& vals_t) {
   check_program_tensors(ints_t, vals_t, c10::Device(c10::kCPU));
   const int64_t* ints = ints_t.data_ptr<int64_t>();
+  const double* vals = vals_t.data_ptr<double>();
   const int64_t n_ints = ints_t.numel(), n_vals = vals_t.numel();
+  // [index, index + len) lies within [0, n).
+  auto within = [](int64_t index, int64_t len, int64_t n) { return index >= 0 && len >= 0 && index <= n && len <= n - index; };
   const int64_t groups = ints[0];
-  TORCH_CHECK_VALUE(groups >= 1 && kHeaderWords + kGroupWords * groups <= n_ints, "bad group count ", groups);
+  TORCH_CHECK_VALUE(groups >= 1 && groups <= (n_ints - kHeaderWords) / kGroupWords, "bad group count ", groups);
   for (int64_t g = 0; g < groups; ++g) {
     const int64_t* gh = ints + kHeaderWords + kGroupWords * g;
     const int64_t first = gh[0], count = gh[1], steps_per_epoch = gh[2];
     TORCH_CHECK_VALUE(steps_per_epoch >= 1, "group ", g, ": steps_per_epoch must be >= 1");
-    TORCH_CHECK_VALUE(count >= 1 && first >= 0 && first + count * kPhaseWords <= n_ints,
+    TORCH_CHECK_VALUE(count >= 1 && first >= 0 && first <= n_ints && count <= (n_ints - first) / kPhaseWords,
                       "group ", g, ": phases out of bounds");
     for (int64_t p = 0; p < count; ++p) {
       const int64_t* ph = ints + first + p * kPhaseWords;
       TORCH_CHECK_VALUE(p == 0 ? ph[0] == 0 : ph[0] > ph[-kPhaseWords],
                         "group ", g, ": phase begins must start at 0 and increase");
-      TORCH_CHECK_VALUE(ph[1] >= 0 && ph[2] >= 1 && ph[1] + ph[2] <= n_ints, "group ", g, " phase ", p,
-                        ": code out of bounds");
-      TORCH_CHECK_VALUE(ph[3] >= 0 && ph[4] >= 0 && ph[3] + ph[4] <= n_vals, "group ", g, " phase ", p,
-                        ": table out of bounds");
+      TORCH_CHECK_VALUE(ph[2] >= 1 && within(ph[1], ph[2], n_ints), "group ", g, " phase ", p, ": code out of bounds");
+      TORCH_CHECK_VALUE(within(ph[3], ph[4], n_vals), "group ", g, " phase ", p, ": table out of bounds");
       int depth = 0;
       for (int64_t i = 0; i < ph[2]; ++i) {
         const int64_t op = ints[ph[1] + i] & 0xff, arg = ints[ph[1] + i] >> 8;
         int pops, pushes = 1;
         if (op <= kConst) pops = 0;
-        else if (op == kRepeatMul) pops = 3;
-        else if (op == kSqrt || op == kCos || op == kExp || op == kLog || op == kTanh || op == kRoundF32) pops = 1;
+        else if (op == kSqrt || op == kRepeatMul || op == kCos || op == kExp || op == kLog || op == kTanh ||
+                 op == kRoundF32) pops = 1;
         else if (op < kNumOps) pops = 2;
         else TORCH_CHECK_VALUE(false, "group ", g, " phase ", p, ": unknown opcode ", op);
-        TORCH_CHECK_VALUE(op != kConst || (arg >= 0 && arg < n_vals), "constant index out of bounds");
+        TORCH_CHECK_VALUE(op != kConst || within(arg, 1, n_vals), "group ", g, " phase ", p,
+                          ": constant index out of bounds");
+        if (op == kRepeatMul) {
+          TORCH_CHECK_VALUE(within(arg, kRepeatHeaderWords + 1, n_vals), "group ", g, " phase ", p,
+                            ": repeat_mul block out of bounds");
+          const double settles = vals[arg + 1];
+          TORCH_CHECK_VALUE(settles >= 0.0 && settles <= double(kRepeatMaxCount) && settles == std::floor(settles),
+                            "group ", g, " phase ", p, ": repeat_mul fixed-point count ", settles,
+                            " is not an integer in [0, ", kRepeatMaxCount, "]");
+          const int64_t anchors = int64_t(settles) / kRepeatAnchorEvery + 1;
+          TORCH_CHECK_VALUE(within(arg, kRepeatHeaderWords + anchors, n_vals), "group ", g, " phase ", p,
+                            ": repeat_mul anchors out of bounds");
+        }
         TORCH_CHECK_VALUE(depth >= pops, "group ", g, " phase ", p, ": stack underflow");
         depth += pushes - pops;
         TORCH_CHECK_VALUE(depth <= kStackDepth, "group ", g, " phase ", p, ": stack deeper than ", kStackDepth);

@@ -5,16 +5,21 @@
 //                   per group g: phase_index, num_phases, steps_per_epoch,
 //                   phases (kPhaseWords each): begin_epoch, code_index, code_len, table_index, table_len,
 //                   code words: opcode | (argument << 8)]
-//   vals (double): constants and tables.
+//   vals (double): constants, tables and repeat_mul anchor blocks.
 // lr(group, step): epoch = step / steps_per_epoch; the phase is the last one with begin <= epoch; if the
 // phase has a table covering the local epoch, the table entry is the answer, else its postfix code runs on a
 // tiny stack of doubles. The code mirrors the reference's Python expression tree op for op, so + - * / sqrt
 // (correctly rounded in IEEE double) give the reference's bits; cos/pow/exp/log/tanh are the device's own
-// unless a table (built on the host with the same libm as Python) covers the step.
+// unless a table (built on the host with the same libm as Python) covers the step. Where Python would raise
+// (a zero divisor of / // %), the result is NaN: the device cannot raise (constant zero divisors are refused
+// when a Schedule is compiled). A program may hold more groups than the optimizer has param groups: a
+// Schedule with a momentum channel puts the momentum of group g in program group num_groups + g.
 //
-// Bit-exactness needs: no fast-math and no contraction. The host build uses -ffp-contract=off; the device code is
-// compiled with nvcc's default -fmad=true (as torch's kernels are, for optimizer parity), so every double operation
-// here goes through the round-to-nearest intrinsics below, which nvcc never fuses.
+// Bit-exactness needs: no fast-math and no contraction. The host build uses -ffp-contract=off; device code is
+// compiled with nvcc's default -fmad=true (as torch's kernels are, for optimizer parity), so the double + - * / sqrt
+// here go through the round-to-nearest intrinsics below (add_rn, ...), which nvcc never fuses.
+// No undefined behaviour for any validated program and any step: no double is converted to an integer
+// type unless it is known to be in range, and validate_program's bound checks cannot overflow.
 #pragma once
 
 #include <cmath>
@@ -38,13 +43,14 @@ enum Op : int64_t {
   kAdd,         // a + b
   kSub,         // a - b
   kMul,         // a * b
-  kDiv,         // a / b
-  kFloorDiv,    // Python int a // b on integral values
+  kDiv,         // a / b (NaN if b == 0: Python raises)
+  kFloorDiv,    // Python float a // b
   kMod,         // Python float a % b
   kMax,         // Python max(a, b): b if b > a else a
   kMin,         // Python min(a, b): b if b < a else a
   kSqrt,        // sqrt(a) (correctly rounded)
-  kRepeatMul,   // a * b * b * ... (c times, left to right): torch's recursive lr *= gamma
+  kRepeatMul,   // x * f * f * ... (c times, left to right; c popped): torch's recursive lr *= gamma. x, f and
+                // the anchors live in the block vals[arg...] (see repeat_mul below).
   kCos,         // transcendental ops below: exact only through a table
   kPow,
   kExp,
@@ -74,14 +80,29 @@ inline double div_rn(double a, double b) { return a / b; }
 inline double sqrt_rn(double a) { return std::sqrt(a); }
 #endif
 
-WF_HOST_DEVICE int64_t floordiv_int(int64_t a, int64_t b) {
-  int64_t q = a / b;
-  if ((a % b != 0) && ((a < 0) != (b < 0))) q -= 1;
-  return q;
+// repeat_mul anchor blocks: vals[arg] = f, vals[arg + 1] = k* (the first count whose product is a fixed point:
+// x_{k*} * f == x_{k*}, or NaN), vals[arg + 2] = x_{k*}, vals[arg + 3 + j] = x_{j * kRepeatAnchorEvery} for
+// j = 0 .. k* / kRepeatAnchorEvery. At most kRepeatAnchorEvery - 1 multiplications remain per evaluation;
+// k* <= kRepeatMaxCount bounds the block (the compiler refuses products that settle later).
+constexpr int64_t kRepeatAnchorEvery = 256;
+constexpr int64_t kRepeatMaxCount = int64_t(1) << 26;
+constexpr int64_t kRepeatHeaderWords = 3;
+
+// Python's float //, as CPython computes it (_float_div_mod), for every operand, inf and NaN included.
+WF_HOST_DEVICE double python_floordiv(double a, double b) {
+  if (b == 0.0) return NAN;  // ZeroDivisionError in Python
+  const double mod = std::fmod(a, b);
+  double div = div_rn(sub_rn(a, mod), b);
+  if (mod != 0.0 && ((b < 0.0) != (mod < 0.0))) div = sub_rn(div, 1.0);
+  if (div == 0.0) return std::copysign(0.0, div_rn(a, b));
+  double floordiv = std::floor(div);
+  if (sub_rn(div, floordiv) > 0.5) floordiv = add_rn(floordiv, 1.0);
+  return floordiv;
 }
 
 // Python's float %: fmod (exact) with the sign of the divisor.
 WF_HOST_DEVICE double python_mod(double a, double b) {
+  if (b == 0.0) return NAN;  // ZeroDivisionError in Python
   double m = std::fmod(a, b);
   if (m != 0.0) {
     if ((b < 0.0) != (m < 0.0)) m = add_rn(m, b);
@@ -91,8 +112,26 @@ WF_HOST_DEVICE double python_mod(double a, double b) {
   return m;
 }
 
+// float32 rounding (ties to even). A double beyond float's range is not representable, which C++ leaves
+// undefined: from the midpoint between FLT_MAX and 2^128 on, IEEE rounds to infinity.
+WF_HOST_DEVICE double round_f32(double a) {
+  if (std::fabs(a) >= 0x1.ffffffp+127) return std::copysign(double(INFINITY), a);
+  return double(static_cast<float>(a));
+}
+
+// x * f * ... (c multiplications, left to right) from an anchor block (layout above). c < 0 counts as 0
+// (Python's range(c)); a NaN or non-integral c gives NaN (Python's range raises).
+WF_HOST_DEVICE double repeat_mul(const double* block, double c) {
+  if (!(c == std::floor(c))) return NAN;
+  if (c >= block[1]) return block[2];  // +inf included
+  const int64_t k = c > 0.0 ? int64_t(c) : 0;  // 0 <= c < k* <= kRepeatMaxCount: exact, in range
+  double x = block[kRepeatHeaderWords + k / kRepeatAnchorEvery];
+  for (int64_t r = k % kRepeatAnchorEvery; r > 0; --r) x = mul_rn(x, block[0]);
+  return x;
+}
+
 // Evaluates lr for `group` at `step` (>= 0). Malformed programs and negative steps yield NaN, never a read
-// out of bounds of the code or the stack (the host validates offsets once, see validate_program).
+// out of bounds of the code, the stack or vals (the host validates a program once, see validate_program).
 WF_HOST_DEVICE double schedule_lr(const int64_t* ints, const double* vals, int64_t group, int64_t step) {
   if (step < 0) return NAN;
   const int64_t* g = ints + kHeaderWords + kGroupWords * group;
@@ -102,7 +141,7 @@ WF_HOST_DEVICE double schedule_lr(const int64_t* ints, const double* vals, int64
   // Binary search for the last phase with begin <= epoch (phase 0 begins at 0).
   int64_t lo = 0, hi = num_phases - 1;
   while (lo < hi) {
-    int64_t mid = (lo + hi + 1) / 2;
+    int64_t mid = lo + (hi - lo + 1) / 2;
     if (phases[mid * kPhaseWords] <= epoch) lo = mid; else hi = mid - 1;
   }
   const int64_t* ph = phases + lo * kPhaseWords;
@@ -120,31 +159,16 @@ WF_HOST_DEVICE double schedule_lr(const int64_t* ints, const double* vals, int64
       stack[sp++] = op == kStep ? double(epoch) : op == kLocal ? double(local) : vals[arg];
       continue;
     }
-    if (op == kRepeatMul) {
-      if (sp < 3) return NAN;
-      double x = stack[sp - 3];
-      const double factor = stack[sp - 2];
-      // Stops early once the product can no longer change: x * factor == x (0, inf, a factor of 1, or a
-      // rounding fixed point such as the smallest subnormal times 0.999), or NaN. Every later step would
-      // compute the same product, so the result is that of all k steps (k can be ~2**53).
-      for (int64_t k = int64_t(stack[sp - 1]); k > 0 && !std::isnan(x); --k) {
-        const double y = mul_rn(x, factor);
-        if (y == x && std::signbit(y) == std::signbit(x)) break;
-        x = y;
-      }
-      sp -= 2;
-      stack[sp - 1] = x;
-      continue;
-    }
     if (op >= kSqrt) {  // unary
       if (sp < 1) return NAN;
       double& a = stack[sp - 1];
       if (op == kSqrt) a = sqrt_rn(a);
+      else if (op == kRepeatMul) a = repeat_mul(vals + arg, a);
       else if (op == kCos) a = std::cos(a);
       else if (op == kExp) a = std::exp(a);
       else if (op == kLog) a = std::log(a);
       else if (op == kTanh) a = std::tanh(a);
-      else if (op == kRoundF32) a = double(static_cast<float>(a));
+      else if (op == kRoundF32) a = round_f32(a);
       else if (op == kPow) {  // binary, listed with the transcendentals
         if (sp < 2) return NAN;
         stack[sp - 2] = std::pow(stack[sp - 2], a);
@@ -159,11 +183,8 @@ WF_HOST_DEVICE double schedule_lr(const int64_t* ints, const double* vals, int64
       case kAdd: a = add_rn(a, b); break;
       case kSub: a = sub_rn(a, b); break;
       case kMul: a = mul_rn(a, b); break;
-      case kDiv: a = div_rn(a, b); break;
-      case kFloorDiv:  // validated operands: integral, |x| < 2^53, divisor != 0
-        if (b == 0.0) return NAN;
-        a = double(floordiv_int(int64_t(a), int64_t(b)));
-        break;
+      case kDiv: a = b == 0.0 ? NAN : div_rn(a, b); break;
+      case kFloorDiv: a = python_floordiv(a, b); break;
       case kMod: a = python_mod(a, b); break;
       case kMax: a = (b > a) ? b : a; break;
       case kMin: a = (b < a) ? b : a; break;

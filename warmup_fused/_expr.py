@@ -4,6 +4,10 @@ A schedule phase is written as a Python expression over ``STEP`` (the global ste
 ``LOCAL`` (steps since the phase began) and ``BASE`` (the group's base LR), with operators that
 keep the reference's evaluation order: ``BASE * (STEP / 10.0)`` and ``(BASE * STEP) / 10.0`` are
 different programs, as they are different floats in Python. Constants are stored as float64.
+
+Every operator is Python's float operator, bit for bit (``//`` and ``%`` included, for any operand,
+inf and NaN too). Where Python raises (a zero divisor of ``/``, ``//``, ``%``; ``sqrt`` of a negative),
+the device cannot: it yields NaN, and a constant zero divisor is refused when the schedule is compiled.
 """
 from __future__ import annotations
 
@@ -35,6 +39,7 @@ class Op(enum.IntEnum):  # must match enum Op in csrc/schedule.h
 
 
 TRANSCENDENTAL = frozenset({Op.COS, Op.POW, Op.EXP, Op.LOG, Op.TANH})
+_STEP_LEAVES = frozenset({Op.STEP, Op.LOCAL})
 _BASE = -1  # placeholder leaf, replaced by a group's base LR constant at compile time
 
 Operand = Union["Expr", float, int]
@@ -70,18 +75,33 @@ class Expr:
         return self.uses(TRANSCENDENTAL)
 
     def depth(self) -> int:
-        """Stack slots the postfix code needs."""
+        """Stack slots the postfix code needs (repeat_mul keeps only its count on the stack)."""
+        if self.op == Op.REPEAT_MUL:
+            return self.args[2].depth()
         if not self.args:
             return 1
         return max(a.depth() + i for i, a in enumerate(self.args))
 
-    def emit(self, base_lr: float, code: list, consts: list, const_offset: int) -> None:
-        """Appends postfix code words; constants go to `consts` (indices offset by const_offset)."""
+    def emit(self, base_lr: float | None, code: list, vals: list, anchors) -> None:
+        """Appends postfix code words to ``code`` and constants to ``vals``.
+
+        ``base_lr`` replaces BASE (None: BASE is refused). ``anchors(x, factor)`` returns the index in ``vals``
+        of the anchor block of ``repeat_mul(x, factor, ...)``, whose x and factor are step-free.
+        """
+        if self.op == Op.REPEAT_MUL:
+            x, factor, times = self.args
+            times.emit(base_lr, code, vals, anchors)
+            code.append(int(Op.REPEAT_MUL) | (anchors(x, factor) << 8))
+            return
+        if self.op in (Op.DIV, Op.FLOORDIV, Op.MOD) and self.args[1].op == Op.CONST and self.args[1].value == 0.0:
+            raise ValueError(f"{self!r} divides by the constant 0.0 (Python raises ZeroDivisionError)")
         for a in self.args:
-            a.emit(base_lr, code, consts, const_offset)
+            a.emit(base_lr, code, vals, anchors)
+        if self.op == _BASE and base_lr is None:
+            raise ValueError("BASE has no value here (momentum phases hold absolute values)")
         if self.op in (Op.CONST, _BASE):
-            consts.append(base_lr if self.op == _BASE else self.value)
-            code.append(int(Op.CONST) | ((const_offset + len(consts) - 1) << 8))
+            vals.append(base_lr if self.op == _BASE else self.value)
+            code.append(int(Op.CONST) | ((len(vals) - 1) << 8))
         else:
             code.append(int(self.op))
 
@@ -131,5 +151,16 @@ def round_f32(a: Operand) -> Expr:
 
 
 def repeat_mul(x: Operand, factor: Operand, times: Operand) -> Expr:
-    """``x * factor * factor ...`` (``times`` multiplications, left to right), as a recursive scheduler does."""
-    return Expr(Op.REPEAT_MUL, (lift(x), lift(factor), lift(times)))
+    """``x * factor * factor ...`` (``times`` multiplications, left to right), as a recursive scheduler does.
+
+    ``x`` and ``factor`` must not depend on the step (BASE is fine) and ``factor`` must be >= 0: the compiler
+    runs the product up to its fixed point (0, inf, or a rounding fixed point such as the smallest subnormal
+    times 0.999; at most 2**26 multiplications, else it refuses) and stores every 256th value, so the device
+    does at most 255 multiplications at any step. ``times < 0`` counts as 0 (Python's ``range``); a NaN or
+    non-integral ``times`` gives NaN.
+    """
+    x, factor = lift(x), lift(factor)
+    if x.uses(_STEP_LEAVES) or factor.uses(_STEP_LEAVES):
+        raise ValueError("repeat_mul: x and factor must not depend on STEP or LOCAL (the product is anchored "
+                         "when the schedule is compiled)")
+    return Expr(Op.REPEAT_MUL, (x, factor, lift(times)))

@@ -18,7 +18,9 @@ Decays come in two kinds, as their references do:
 
 Common keyword arguments of every constructor:
 
-* ``base_lr`` (float or one per param group; default 1.0, so the schedule is a factor),
+* ``base_lr`` (float or one per param group). Without it (the default) the schedule is *relative*: its LRs
+  are factors of base LR 1.0, and an optimizer binds them to each param group's ``lr``. With it, the
+  schedule is *absolute*: an optimizer uses its LRs as they are.
 * ``steps_per_epoch`` (default 1: every boundary and step argument is in epochs of that many steps),
 * ``horizon`` (steps; sizes exact-mode tables of cos/pow/exp/log phases; defaults to the schedule's
   natural total where it has one, else it is required for unbounded transcendental phases in exact mode),
@@ -38,7 +40,7 @@ from dataclasses import dataclass
 from typing import Sequence, Union
 
 from .._expr import _BASE, BASE, LOCAL, PI, STEP, Expr, Op, cos, exp, lift, pmax, pmin, repeat_mul, sqrt
-from ._schedule import MAX_STEP, Recorded, Schedule, normalise_phases
+from ._schedule import MAX_STEP, Recorded, Schedule, UnsettledProduct, lr_list, normalise_phases
 
 Number = Union[int, float]
 
@@ -71,11 +73,9 @@ def _choice(name: str, v, options: Sequence[str]) -> str:
     return v
 
 
-def _base_lrs(base_lr) -> tuple:
-    lrs = [base_lr] if isinstance(base_lr, numbers.Real) else list(base_lr)
-    if not lrs:
-        raise ValueError("base_lr must name at least one param group")
-    return tuple(_float("base_lr" if len(lrs) == 1 else f"base_lr[{i}]", v) for i, v in enumerate(lrs))
+def _base_lrs(base_lr) -> tuple | None:
+    """None (a relative schedule) or one LR per group."""
+    return None if base_lr is None else lr_list("base_lr", base_lr)
 
 
 # ---------------------------------------------------------------- expression transforms
@@ -184,11 +184,13 @@ def _as_warmup(warmup) -> Warmup:
 
 
 # ---------------------------------------------------------------- assembly
-def _schedule(name: str, phases, natural_horizon: int | None = None, *, base_lr: Union[Number, Sequence[Number]] = 1.0,
-              steps_per_epoch: int = 1, horizon: int | None = None, exact: bool = True) -> Schedule:
+def _schedule(name: str, phases, natural_horizon: int | None = None, *,
+              base_lr: Union[Number, Sequence[Number], None] = None, steps_per_epoch: int = 1,
+              horizon: int | None = None, exact: bool = True, momentum=None) -> Schedule:
     horizon = natural_horizon if horizon is None else _int("horizon", horizon)
-    return Schedule([normalise_phases(phases)], _base_lrs(base_lr), steps_per_epoch=_int("steps_per_epoch", steps_per_epoch, 1),
-                    horizon=horizon, exact=exact, name=name)
+    return Schedule([normalise_phases(phases)], _base_lrs(base_lr), momentum=momentum,
+                    steps_per_epoch=_int("steps_per_epoch", steps_per_epoch, 1), horizon=horizon, exact=exact,
+                    name=name)
 
 
 def _warmup_then(name: str, warmup, decay, *, local: bool, total: int | None = None,
@@ -253,14 +255,14 @@ def polynomial_decay(total: int, *, lr_end: float = 1e-7, power: float = 1.0, lr
     """transformers ``get_polynomial_decay_schedule_with_warmup``: for ``warmup <= s <= total``,
     ``base * ((lr_init - lr_end) * (1 - (s - warmup) / (total - warmup)) ** power + lr_end) / lr_init``, then
     ``base * (lr_end / lr_init)``. ``lr_init`` is transformers' optimizer default LR: here it defaults to the
-    first ``base_lr`` (so with the default base_lr=1.0, ``lr_end`` is a factor). Where transformers divides
+    first ``base_lr``, 1.0 for a relative schedule (then ``lr_end`` is a factor). Where transformers divides
     by zero (step ``total`` when ``warmup == total``) the value is ``lr_end / lr_init``.
 
         >>> polynomial_decay(total=1000, warmup=100, lr_end=1e-6, power=2.0, base_lr=1e-3)
     """
     t = _int("total", total)
     w = _as_warmup(warmup).steps
-    lr_init = _base_lrs(common.get("base_lr", 1.0))[0] if lr_init is None else lr_init
+    lr_init = (_base_lrs(common.get("base_lr")) or (1.0,))[0] if lr_init is None else lr_init
     lr_init = _float("lr_init", lr_init, 0.0, open_lo=True)
     lr_end = _float("lr_end", lr_end)
     power = _float("power", power)
@@ -341,13 +343,22 @@ def piecewise_constant(boundaries: Sequence[int], values: Sequence[float], *,
 # ---------------------------------------------------------------- torch-style decays (local step)
 def step_decay(step_size: int, gamma: float = 0.1, *, warmup: Union[int, Warmup] = 0, **common) -> Schedule:
     """torch ``StepLR`` as it runs (recursively): ``base * gamma * gamma * ...`` (``d // step_size`` times,
-    left to right), in closed form on the device with ``repeat_mul``.
+    left to right), on the device with ``repeat_mul``: the product is run once, at construction, up to its
+    rounding fixed point, and every 256th value is kept (``table_bytes``: 8 bytes x (products / 256 + 4) per
+    distinct base LR), so any step costs at most 255 multiplications. A gamma so close to 1 that the product
+    needs more than 2**26 multiplications to settle (about ``1 - gamma < 1e-5``) is refused.
 
         >>> step_decay(30, 0.1, warmup=5, base_lr=0.1)
     """
     size = _int("step_size", step_size, 1)
     g = _float("gamma", gamma, 0.0, open_lo=True)
-    return _warmup_then("step_decay", warmup, [(0, repeat_mul(BASE, g, STEP // float(size)))], local=True, **common)
+    try:
+        return _warmup_then("step_decay", warmup, [(0, repeat_mul(BASE, g, STEP // float(size)))], local=True,
+                            **common)
+    except UnsettledProduct as exc:
+        raise ValueError(f"gamma: step_decay(step_size={size}, gamma={g!r}) decays too slowly to be exact at "
+                         f"every step in bounded time ({exc}). Use exponential_decay (torch's closed form) or "
+                         "from_torch(StepLR(...), horizon=...) (recorded)") from None
 
 
 def multistep_decay(milestones: Sequence[int], gamma: float = 0.1, *, warmup: Union[int, Warmup] = 0,
@@ -379,7 +390,7 @@ def exponential_decay(gamma: float, *, warmup: Union[int, Warmup] = 0, **common)
 def cosine_annealing(t_max: int, eta_min: float = 0.0, *, warmup: Union[int, Warmup] = 0, **common) -> Schedule:
     """torch ``CosineAnnealingLR``'s closed form (``_get_closed_form_lr``):
     ``eta_min + (base_lr - eta_min) * (1 + math.cos(math.pi * d / T_max)) / 2``, periodic past ``t_max`` as
-    there. ``eta_min`` is in LR units (a factor with the default base_lr=1.0). Horizon: warmup + t_max + 1.
+    there. ``eta_min`` is in LR units, as in torch (also in a relative schedule). Horizon: warmup + t_max + 1.
 
         >>> cosine_annealing(t_max=9000, eta_min=1e-6, warmup=1000, base_lr=1e-3)
     """
@@ -474,13 +485,19 @@ def wsd(warmup: int, stable: int, decay: int, *, warmup_type: str = "linear", de
 
 
 def one_cycle(total_steps: int, *, pct_start: float = 0.3, anneal_strategy: str = "cos", div_factor: float = 25.0,
-              final_div_factor: float = 1e4, three_phase: bool = False, **common) -> Schedule:
-    """torch ``OneCycleLR`` (LR only; ``base_lr`` is ``max_lr``): its phase ``end_step`` arithmetic,
+              final_div_factor: float = 1e4, three_phase: bool = False, cycle_momentum: bool = True,
+              base_momentum: Union[Number, Sequence[Number]] = 0.85,
+              max_momentum: Union[Number, Sequence[Number]] = 0.95, **common) -> Schedule:
+    """torch ``OneCycleLR`` (``base_lr`` is ``max_lr``): its phase ``end_step`` arithmetic,
     ``pct = (s - start_step) / (end_step - start_step)`` and ``_annealing_cos``
     (``end + (start - end) / 2.0 * (math.cos(math.pi * pct) + 1)``) or ``_annealing_linear``
     (``(end - start) * pct + start``) between ``initial_lr = max_lr / div_factor``, ``max_lr`` and
     ``min_lr = initial_lr / final_div_factor``. torch raises past ``total_steps``; from step ``total_steps``
-    on, this holds the LR of step ``total_steps - 1``.
+    on, this holds the values of step ``total_steps - 1``.
+
+    ``cycle_momentum`` (default True, as torch): a momentum channel (SGD's ``momentum`` or Adam's ``betas[0]``)
+    annealed the same way between ``max_momentum`` and ``base_momentum`` (floats or one per group; absolute
+    values, inversely to the LR: ``max -> base -> max``, three-phase ``max -> base -> max -> max``).
 
         >>> one_cycle(10_000, pct_start=0.25, base_lr=1e-3)
     """
@@ -489,15 +506,26 @@ def one_cycle(total_steps: int, *, pct_start: float = 0.3, anneal_strategy: str 
     anneal = _choice("anneal_strategy", anneal_strategy, ("cos", "linear"))
     div = _float("div_factor", div_factor, 0.0, open_lo=True)
     final_div = _float("final_div_factor", final_div_factor, 0.0, open_lo=True)
+    if not isinstance(cycle_momentum, bool):
+        raise TypeError(f"cycle_momentum must be a bool, got {type(cycle_momentum).__name__}")
     initial = BASE / div
     lrs = {"initial": initial, "max": BASE, "min": initial / final_div}
+    # (end_step, start LR, end LR, start momentum, end momentum), as torch's _schedule_phases
     if three_phase:
-        plan = [(float(pct_start * n) - 1, "initial", "max"), (float(2 * pct_start * n) - 2, "max", "initial"),
-                (n - 1, "initial", "min")]
+        plan = [(float(pct_start * n) - 1, "initial", "max", "max", "base"),
+                (float(2 * pct_start * n) - 2, "max", "initial", "base", "max"),
+                (n - 1, "initial", "min", "max", "max")]
     else:
-        plan = [(float(pct_start * n) - 1, "initial", "max"), (n - 1, "max", "min")]
-    phases, start, reached = [], 0.0, -math.inf
-    for i, (end, a, b) in enumerate(plan):
+        plan = [(float(pct_start * n) - 1, "initial", "max", "max", "base"), (n - 1, "max", "min", "base", "max")]
+
+    def annealed(start_value, end_value, pct):
+        if anneal == "cos":
+            return end_value + (start_value - end_value) / 2.0 * (cos(PI * pct) + 1)
+        return (end_value - start_value) * pct + start_value
+
+    served, start, reached = [], 0.0, -math.inf  # (begin, pct, plan entry) of each phase that serves a step
+    for i, entry in enumerate(plan):
+        end = entry[0]
         # torch picks the first phase with step <= end_step (or the last): this one covers (reached, end].
         begin = 0 if reached < 0 else math.floor(reached) + 1
         last = i == len(plan) - 1
@@ -505,18 +533,32 @@ def one_cycle(total_steps: int, *, pct_start: float = 0.3, anneal_strategy: str 
             if end - start == 0:
                 raise ValueError(f"pct_start={pct_start} with total_steps={n} makes a phase of zero length "
                                  "(torch divides by zero there)")
-            pct = (STEP - start) / (end - start)
-            s_lr, e_lr = lrs[a], lrs[b]
-            if anneal == "cos":
-                lr = e_lr + (s_lr - e_lr) / 2.0 * (cos(PI * pct) + 1)
-            else:
-                lr = (e_lr - s_lr) * pct + s_lr
-            phases.append((begin, lr))
+            served.append((begin, (STEP - start) / (end - start), entry))
         reached = max(reached, end)
         start = end
-    phases = normalise_phases(phases)
-    phases.append((n, _hold(phases, n - 1)))
-    return _schedule("one_cycle", phases, n, **common)
+
+    def channel(values: dict, a: int, b: int) -> list:
+        phases = normalise_phases([(begin, annealed(values[e[a]], values[e[b]], pct)) for begin, pct, e in served])
+        return phases + [(n, _hold(phases, n - 1))]
+
+    momentum = None
+    if cycle_momentum:
+        bases = _momentum_list("base_momentum", base_momentum)
+        maxes = _momentum_list("max_momentum", max_momentum)
+        groups = {len(bases), len(maxes), len(_base_lrs(common.get("base_lr")) or ())} - {0, 1}
+        if len(groups) > 1:
+            raise ValueError(f"base_momentum, max_momentum and base_lr name different numbers of groups: "
+                             f"{sorted(groups)}")
+        g = groups.pop() if groups else 1
+        momentum = [channel({"base": bases[i % len(bases)], "max": maxes[i % len(maxes)]}, 3, 4) for i in range(g)]
+    return _schedule("one_cycle", channel(lrs, 1, 2), n, momentum=momentum, **common)
+
+
+def _momentum_list(name: str, value) -> list:
+    values = [value] if isinstance(value, numbers.Real) else list(value)
+    if not values:
+        raise ValueError(f"{name} must name at least one param group")
+    return [_float(name if len(values) == 1 else f"{name}[{i}]", v) for i, v in enumerate(values)]
 
 
 # ---------------------------------------------------------------- combinators
@@ -524,6 +566,10 @@ def _common_layout(name: str, schedules) -> tuple[int, int]:
     schedules = list(schedules)
     if not schedules or not all(isinstance(s, Schedule) for s in schedules):
         raise TypeError(f"{name} must be a non-empty list of Schedule")
+    for i, s in enumerate(schedules):
+        if s._phases is None:
+            raise ValueError(f"{name}[{i}] ({s.name}) was loaded from a state_dict and keeps only its compiled "
+                             "program; rebuild it from its constructor to combine it")
     spe = {s.steps_per_epoch for s in schedules}
     if len(spe) != 1:
         raise ValueError(f"{name} must share one steps_per_epoch, got {sorted(spe)}")
@@ -533,49 +579,65 @@ def _common_layout(name: str, schedules) -> tuple[int, int]:
     return spe.pop(), (groups.pop() if groups else 1)
 
 
-def _group_phases(s: Schedule, g: int):
-    return s._phases[g if s.num_groups > 1 else 0]
+def _group_phases(s: Schedule, g: int, channel: str = "_phases"):
+    return getattr(s, channel)[g if s.num_groups > 1 else 0]
 
 
 def sequential(schedules: Sequence[Schedule], milestones: Sequence[int], *, horizon: int | None = None,
                exact: bool | None = None, name: str = "sequential") -> Schedule:
     """torch ``SequentialLR`` semantics: ``schedules[i]`` runs from ``milestones[i-1]`` with its step counted
     from there (``STEP -> STEP - milestone``; phase-local steps are unchanged). All schedules must share
-    ``steps_per_epoch`` and (bit for bit) their base LRs. ``horizon`` defaults to the last milestone plus
-    the last schedule's horizon.
+    ``steps_per_epoch``, and be all relative (the result is relative) or all absolute with (bit for bit) the
+    same base LRs. Their momentum channels are joined the same way when all have one; a mix of schedules
+    with and without one is refused (the others' momentum is unknown). ``horizon`` defaults to the last
+    milestone plus the last schedule's horizon.
 
         >>> sequential([constant(warmup=100), cosine_annealing(900)], [100])
     """
-    spe, _ = _common_layout("schedules", schedules)
+    spe, groups = _common_layout("schedules", schedules)
     ms = [_int(f"milestones[{i}]", m, 1) for i, m in enumerate(milestones)]
     if len(ms) != len(schedules) - 1:
         raise ValueError(f"milestones must have len(schedules) - 1 = {len(schedules) - 1} entries, got {len(ms)}")
     if any(b <= a for a, b in zip(ms, ms[1:])):
         raise ValueError(f"milestones must increase strictly, got {ms}")
-    bases = schedules[0].base_lrs
-    for i, s in enumerate(schedules):
-        if [struct.pack("<d", b) for b in s.base_lrs] != [struct.pack("<d", b) for b in bases]:
-            raise ValueError(f"schedules[{i}] has base LRs {list(s.base_lrs)}, schedules[0] has {list(bases)}")
+    for flag, what in (("relative", "relative (built without base_lr)"), ("has_momentum", "with a momentum channel")):
+        which = [i for i, s in enumerate(schedules) if getattr(s, flag)]
+        if 0 < len(which) < len(schedules):
+            raise ValueError(f"schedules: {which} are {what} and the others are not; sequential cannot mix them")
+    bases = None
+    if not schedules[0].relative:
+        bases = schedules[0].base_lrs
+        for i, s in enumerate(schedules):
+            if [struct.pack("<d", b) for b in s.base_lrs] != [struct.pack("<d", b) for b in bases]:
+                raise ValueError(f"schedules[{i}] has base LRs {list(s.base_lrs)}, schedules[0] has {list(bases)}")
+        groups = len(bases)
     starts, ends = [0] + ms, ms + [None]
-    per_group = []
-    for g in range(len(bases)):
-        phases = []
-        for s, lo, hi in zip(schedules, starts, ends):
-            for begin, body in _group_phases(s, g):
-                if hi is None or lo + begin < hi:
-                    phases.append((lo + begin, _shift(body, step_by=lo) if isinstance(body, Expr) else body))
-        per_group.append(phases)
+
+    def join(channel: str) -> list:
+        per_group = []
+        for g in range(groups):
+            phases = []
+            for s, lo, hi in zip(schedules, starts, ends):
+                for begin, body in _group_phases(s, g, channel):
+                    if hi is None or lo + begin < hi:
+                        phases.append((lo + begin, _shift(body, step_by=lo) if isinstance(body, Expr) else body))
+            per_group.append(phases)
+        return per_group
+
     last = schedules[-1]
     if horizon is None and last.horizon is not None:
         horizon = starts[-1] + last.horizon
     exact = all(s.exact for s in schedules) if exact is None else exact
-    return Schedule(per_group, bases, steps_per_epoch=spe, horizon=horizon, exact=exact, name=name)
+    momentum = join("_momentum") if last.has_momentum else None
+    return Schedule(join("_phases"), bases, momentum=momentum, steps_per_epoch=spe, horizon=horizon, exact=exact,
+                    name=name)
 
 
 def chained(schedules: Sequence[Schedule], *, horizon: int | None = None, exact: bool | None = None,
             name: str = "chained", **common) -> Schedule:
     """Product of factors: ``lr = base * f1(s) * f2(s) * ...`` (left to right), ``f_i`` being schedule i's own
-    value (build the factors with their default base_lr=1.0); the phase boundaries are the union of theirs.
+    value; the phase boundaries are the union of theirs. The factors must be relative schedules (built
+    without ``base_lr``) without a momentum channel; the result is relative unless ``base_lr`` is given.
 
     torch's ``ChainedScheduler`` is recursive (each scheduler rescales the LR the previous one left), which
     is not a product of closed forms in general: match it bit for bit through ``from_torch`` (recording).
@@ -583,26 +645,29 @@ def chained(schedules: Sequence[Schedule], *, horizon: int | None = None, exact:
         >>> chained([step_decay(30, 0.5), linear_decay(total=90)], base_lr=0.1)
     """
     spe, groups = _common_layout("schedules", schedules)
-    bases = _base_lrs(common.pop("base_lr", 1.0))
+    bases = _base_lrs(common.pop("base_lr", None))
     if common:
         raise TypeError(f"chained got unexpected keyword arguments {sorted(common)}")
-    if len(bases) == 1 and groups > 1:
-        bases = bases * groups
-    if groups > 1 and len(bases) != groups:
-        raise ValueError(f"base_lr has {len(bases)} entries for schedules of {groups} groups")
     for i, s in enumerate(schedules):
-        if any(isinstance(b, Recorded) for grp in s._phases for _, b in grp):
-            raise TypeError(f"schedules[{i}] holds recorded values (from_torch); chained multiplies expressions")
+        if not s.relative:
+            raise ValueError(f"schedules[{i}] ({s.name}) is absolute (built with base_lr, or by from_torch, whose "
+                             "recorded values are LRs); chained multiplies factors: build its parts without base_lr")
+        if s.has_momentum:
+            raise ValueError(f"schedules[{i}] ({s.name}) has a momentum channel; chained multiplies LR factors only "
+                             "(build it with cycle_momentum=False)")
+    if bases is not None and len(bases) == 1 and groups > 1:
+        bases = bases * groups
+    if bases is not None and groups > 1 and len(bases) != groups:
+        raise ValueError(f"base_lr has {len(bases)} entries for schedules of {groups} groups")
     per_group = []
-    for g in range(len(bases)):
+    for g in range(groups if bases is None else len(bases)):
         lists = [_group_phases(s, g) for s in schedules]
-        own = [s.base_lrs[g if s.num_groups > 1 else 0] for s in schedules]
         phases = []
         for b in sorted({b for lst in lists for b, _ in lst}):
             expr = BASE
-            for lst, base in zip(lists, own):
+            for lst in lists:
                 begin, e = [p for p in lst if p[0] <= b][-1]
-                expr = expr * _subst(_shift(e, local_by=b - begin), base=lift(base))
+                expr = expr * _subst(_shift(e, local_by=b - begin), base=lift(1.0))
             phases.append((b, expr))
         per_group.append(phases)
     if horizon is None:
