@@ -36,7 +36,8 @@ def _extra(opt, step: int) -> dict:
     return {
         "format": FORMAT,
         "sched_step": step,
-        "schedule": None if opt._schedule is None else opt._schedule.state_dict(),
+        # the bound schedule (absolute, one group per param group): it resumes without the original's base LRs
+        "schedule": None if opt._schedule is None else opt._bound.state_dict(),
         "lr_source": [_MODES[s.lr_mode] for s in opt._sources],
         "host_lr": [s.host_lr for s in opt._sources],
         "momentum_scheduled": [bool(s.mom_scheduled) for s in opt._sources],
