@@ -190,6 +190,8 @@ def load_state_dict(opt, state_dict: dict[str, Any]) -> None:
     for b in opt._devices.values():
         b.check_not_capturing("load_state_dict")
     schedule = extra["schedule"] if extra is not None and extra["schedule"] is not None else None
+    if schedule is not None and opt._schedule is not None and opt._bound.state_dict() == schedule.state_dict():
+        schedule = opt._schedule  # the same schedule: keep the original (a relative one can still rebind)
     # Everything is checked; from here on only writes.
     _apply(opt, saved_groups, states, extra, step, schedule)
     for hook in opt._optimizer_load_state_dict_post_hooks.values():

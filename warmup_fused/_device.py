@@ -105,8 +105,10 @@ class DeviceBuffers:
         if ints.numel() > self.ints.numel() or vals.numel() > self.vals.numel():
             if self.ints.numel():
                 self._replace("set_schedule")
-            self.ints = torch.zeros(_capacity(ints.numel()), dtype=torch.int64, device=self.device)
-            self.vals = torch.zeros(_capacity(vals.numel()), dtype=torch.float64, device=self.device)
+            # Headroom (at least 4096 words each, or twice the program) lets later schedules and added groups
+            # fit after a capture.
+            self.ints = torch.zeros(max(4096, 2 * _capacity(ints.numel())), dtype=torch.int64, device=self.device)
+            self.vals = torch.zeros(max(4096, 2 * _capacity(vals.numel())), dtype=torch.float64, device=self.device)
         self.check_not_capturing("set_schedule")
         self.ints[: ints.numel()].copy_(ints)
         self.vals[: vals.numel()].copy_(vals)

@@ -329,7 +329,7 @@ class _FusedOptimizer(torch.optim.Optimizer):
         op = self._op()
         for call in calls:
             d = call.buffers.device
-            if d.type == "cuda" and call.buffers.capturing():
+            if call.buffers.capturing():
                 call.buffers.captured = True
             call(op, None if gs is None else gs.to(device=d, dtype=torch.float32, non_blocking=True),
                  None if fi is None else fi.to(device=d, dtype=torch.float32, non_blocking=True))
