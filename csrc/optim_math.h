@@ -5,9 +5,9 @@
 // to torch.optim.{Adam,AdamW,SGD}(fused=True) on the same device.
 //
 //  * CPU (aten/src/ATen/native/cpu/FusedAdamKernel.cpp, FusedSGDKernel.cpp): every scalar is computed in
-//    double and cast to the opmath type (float for fp32/fp16/bf16, double for fp64) per operation. Elements
-//    in the Vectorized main loop and in the scalar tail (the last numel % Vec::size() elements of a tensor)
-//    are compiled with different FMA contractions by GCC; `kVec` selects which (details at adam_cpu_update).
+//    double and cast to the opmath type (float for fp32/fp16/bf16, double for fp64) per operation. GCC
+//    contracted torch's a*b+c into FMA differently in each of its compiled loops; `TorchCpuLoop` says which
+//    loop an element goes through (details there).
 //  * CUDA (aten/src/ATen/native/cuda/fused_adam_utils.cuh, FusedSgdKernel.cu): torch builds with nvcc's default
 //    -fmad=true, so its a*b+c are contracted to FMA; we build with -fmad=false and write those fma() explicitly.
 //
@@ -41,6 +41,22 @@ WF_HOST_DEVICE T adam_denom(T v, T& vmax, bool amsgrad, T bc2_sqrt, T eps) {
 }
 
 // ------------------------------------------------------------------------------------------------- CPU (torch)
+
+// The loop of torch's fused CPU kernel that updates an element, which fixes the FMA contractions GCC chose.
+// torch 2.14.1 builds these kernels for DEFAULT and AVX2 only: its REGISTER_DISPATCH leaves the AVX512 slot
+// empty and DispatchStub falls back to AVX2, so AVX2 and AVX512 machines both run the AVX2 kernel. Both kernels
+// use 32-byte Vectorized: a Vectorized main loop, then a scalar tail for the last numel % Vec::size() elements.
+//   kAvx2Vector, kAvx2Tail: the AVX2 kernel (-mavx2 -mfma, GCC's default -ffp-contract=fast): its two loops
+//                           contract some a*b+c, not always the same product (see adam_cpu_update).
+//   kDefault:               either loop of the DEFAULT kernel, built without FMA: nothing is contracted.
+enum class TorchCpuLoop { kDefault, kAvx2Vector, kAvx2Tail };
+
+// a*b + c as torch's loop computes it where GCC had only this one product to fuse.
+template <TorchCpuLoop kLoop, class T>
+WF_HOST_DEVICE T torch_madd(T a, T b, T c) {
+  if constexpr (kLoop == TorchCpuLoop::kDefault) return a * b + c;
+  else return std::fma(a, b, c);
+}
 
 // Loads grad[i] as torch's CPU kernels do: divided by the AMP grad scale (and stored back) when there is one,
 // then times sign = -1 for maximize (torch's vector loop multiplies by -1; the tail negates: the same value).
@@ -85,28 +101,27 @@ WF_HOST_DEVICE AdamCpuScalars<T> adam_cpu_scalars(double lr, double beta1, doubl
 }
 
 // One element. p, m, v, vmax are opmath values (loaded and stored by the caller); g is the grad already
-// unscaled and, for maximize, multiplied by -1 (cpu_grad below; the same in sgd_cpu_update).
-// kVec: the element lies in torch's Vectorized main loop; else in its scalar tail.
+// unscaled and, for maximize, multiplied by -1 (cpu_grad above; the same in sgd_cpu_update).
 //
-// torch compiles its AVX2/AVX512 kernels with GCC's default -ffp-contract=fast and -mfma, so GCC fuses some of
-// the source's a*b+c into FMA, and it fuses the vector loop and the scalar tail differently. The fma() calls
-// below are those contractions, found by comparing bit for bit with torch 2.14.1 (all four dtypes, sizes
-// 1..70001, every flag combination: tests/test_optim.py):
-//   grad + param*wd                      -> fma(param, wd, grad)               (both paths)
+// torch 2.14.1's contractions, found by comparing bit for bit under ATEN_CPU_CAPABILITY=avx512, avx2 and default
+// (four dtypes, sizes 1..70001, every flag: tests/test_optim.py) and read in libtorch_cpu.so's vfmadd operands.
+// In the AVX2 kernel:
+//   grad + param*wd                      -> fma(param, wd, grad)               (both loops)
 //   exp_avg lerp                         -> fma (vector: explicit vec::fmadd; tail: contracted)
-//   exp_avg_sq*beta2 + (c2*grad)*grad    -> vector: fma(c2*grad, grad, exp_avg_sq*beta2)
-//                                           tail:   fma(exp_avg_sq, beta2, (c2*grad)*grad)
-template <class T, bool kVec, bool kAdamW>
+//   exp_avg_sq*beta2 + (c2*grad)*grad    -> kAvx2Vector: fma(c2*grad, grad, exp_avg_sq*beta2)
+//                                           kAvx2Tail:   fma(exp_avg_sq, beta2, (c2*grad)*grad)
+// In the DEFAULT kernel (kDefault) each of these is a*b + c, rounded twice.
+template <class T, TorchCpuLoop kLoop, bool kAdamW>
 WF_HOST_DEVICE void adam_cpu_update(T& p, T g, T& m, T& v, T& vmax, const AdamCpuScalars<T>& s) {
   if (s.has_wd) {
     if (kAdamW) p = p * s.decay;
-    else g = std::fma(p, s.wd, g);
+    else g = torch_madd<kLoop>(p, s.wd, g);
   }
-  // exp_avg.lerp_(grad, 1 - beta1). Tail: m + w*(g-m), or g - (g-m)*(1-w), contracted; -(1-w) == w-1 exactly.
+  // exp_avg.lerp_(grad, 1 - beta1). Tail: m + w*(g-m), or g - (g-m)*(1-w); -(1-w) == w-1 exactly.
   const T w = s.lerp_w;
-  m = std::abs(w) < T(0.5) ? std::fma(w, g - m, m) : std::fma(w - T(1), g - m, g);
-  if (kVec) v = std::fma(s.c2 * g, g, v * s.beta2);
-  else v = std::fma(v, s.beta2, s.c2 * g * g);
+  m = std::abs(w) < T(0.5) ? torch_madd<kLoop>(w, g - m, m) : torch_madd<kLoop>(w - T(1), g - m, g);
+  if constexpr (kLoop == TorchCpuLoop::kAvx2Vector) v = std::fma(s.c2 * g, g, v * s.beta2);
+  else v = torch_madd<kLoop>(v, s.beta2, s.c2 * g * g);
   const T denom = adam_denom(v, vmax, s.amsgrad, s.bc2_sqrt, s.eps);
   // Vector loop: p + (-step_size) * m / denom; tail: p - step_size * m / denom. Identical in IEEE arithmetic.
   p = p + s.neg_step_size * m / denom;
@@ -134,20 +149,20 @@ WF_HOST_DEVICE SgdScalars<T> sgd_scalars(double lr, double momentum, double damp
   return s;
 }
 
-// torch's CPU fused SGD, with GCC's contractions (see adam_cpu_update), measured the same way:
-//   grad + param*wd, grad + buf*momentum, param - grad*lr   -> fma (both paths)
-//   buf*momentum + grad*(1-dampening)  -> vector: fma(grad, 1-dampening, buf*momentum)
-//                                         tail:   fma(buf, momentum, grad*(1-dampening))
-template <class T, bool kVec>
+// torch's CPU fused SGD, with the AVX2 kernel's contractions (kDefault: none), found as in adam_cpu_update:
+//   grad + param*wd, grad + buf*momentum, param - grad*lr   -> fma (both loops)
+//   buf*momentum + grad*(1-dampening)  -> kAvx2Vector: fma(grad, 1-dampening, buf*momentum)
+//                                         kAvx2Tail:   fma(buf, momentum, grad*(1-dampening))
+template <class T, TorchCpuLoop kLoop>
 WF_HOST_DEVICE void sgd_cpu_update(T& p, T g, T& buf, bool first, const SgdScalars<T>& s) {
-  if (s.has_wd) g = std::fma(p, s.wd, g);
+  if (s.has_wd) g = torch_madd<kLoop>(p, s.wd, g);
   if (s.has_momentum) {
     if (first) buf = g;
-    else if (kVec) buf = std::fma(g, s.one_minus_dampening, buf * s.momentum);
-    else buf = std::fma(buf, s.momentum, g * s.one_minus_dampening);
-    g = s.nesterov ? std::fma(buf, s.momentum, g) : buf;
+    else if constexpr (kLoop == TorchCpuLoop::kAvx2Vector) buf = std::fma(g, s.one_minus_dampening, buf * s.momentum);
+    else buf = torch_madd<kLoop>(buf, s.momentum, g * s.one_minus_dampening);
+    g = s.nesterov ? torch_madd<kLoop>(buf, s.momentum, g) : buf;
   }
-  p = std::fma(g, s.neg_lr, p);  // vector: p + g*(-lr); tail: p - g*lr: the same contraction value
+  p = torch_madd<kLoop>(g, s.neg_lr, p);  // vector: p + g*(-lr); tail: p - g*lr: the same value
 }
 
 // ------------------------------------------------------------------------------------------------ CUDA (torch)

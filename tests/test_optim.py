@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import copy
 import math
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -156,6 +159,80 @@ def test_kernel_parity_sizes_and_dtypes(cls, dtype):
         assert torch.equal(a, b.detach())
         for k, v in ref_opt.state[b].items():
             assert torch.equal(opt.state[a][k], v), k
+
+
+def _flag_sweep(cls):
+    if cls == "SGD":
+        return [dict(momentum=m, dampening=d, nesterov=n, weight_decay=wd, maximize=mx)
+                for m, d, n in ((0.0, 0.0, False), (0.9, 0.0, False), (0.9, 0.3, False), (0.9, 0.0, True))
+                for wd in (0.0, 1e-2) for mx in (False, True)]
+    # beta1 = 0.9 and 0.3: both branches of torch's lerp (weight 1 - beta1 below / above 0.5)
+    return [dict(amsgrad=a, maximize=mx, weight_decay=wd, betas=b) for a in (False, True) for mx in (False, True)
+            for wd in (0.0, 0.1) for b in ((0.9, 0.95), (0.3, 0.99))]
+
+
+# Every tail length of every dtype's vector (4, 8 or 16 elements: 32 bytes) and one long vector run.
+SWEEP_SIZES = list(range(1, 34)) + [1003]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("cls", ["AdamW", "Adam", "SGD"])
+def test_kernel_parity_every_flag(cls, dtype):
+    """Every flag combination, with and without AMP grad scaling, 2 steps each, bit-equal at every step."""
+    torch.manual_seed(0)
+    for kw in _flag_sweep(cls):
+        for scale in (None, 64.0):
+            ps = [torch.randn(n, dtype=dtype) for n in SWEEP_SIZES]
+            ref = [p.clone().requires_grad_() for p in ps]
+            ours = [p.clone() for p in ps]
+            ref_opt = getattr(torch.optim, cls)(ref, lr=1e-2, fused=True, **kw)
+            opt = getattr(warmup_fused, cls)(ours, lr=1e-2, **kw)
+            if scale:
+                for o in (opt, ref_opt):
+                    o.grad_scale, o.found_inf = torch.full((), scale), torch.zeros(())
+            for step in range(1, 3):
+                for a, b in zip(ours, ref):
+                    g = torch.randn(a.shape, dtype=dtype) * (scale or 1.0)
+                    a.grad, b.grad = g.clone(), g.clone()
+                opt.step()
+                ref_opt.step()
+                for a, b in zip(ours, ref):
+                    where = f"{kw} grad_scale={scale} step {step} numel {a.numel()}"
+                    assert torch.equal(a, b.detach()) and torch.equal(a.grad, b.grad), where
+                    for k, v in ref_opt.state[b].items():
+                        assert torch.equal(opt.state[a][k], v), f"{where} state {k}"
+
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# torch's CPU capabilities, whose fused kernels round differently (AVX512 runs the AVX2 kernel; DEFAULT has no FMA).
+# The tests above run under this process's capability; each other one the CPU can run gets a process of its own.
+OTHER_CAPABILITIES = [c for c in ("avx512", "avx2", "default") if c.upper() != torch.backends.cpu.get_cpu_capability()]
+
+
+def _cpu_runs(capability):
+    """Whether this CPU can run torch's kernels for `capability` (torch's own test; ATEN_CPU_CAPABILITY is not
+    checked against the hardware, so forcing one the CPU lacks would crash)."""
+    caps = torch.cpu.get_capabilities()
+    need = {"avx512": ("avx512_vl", "avx512_bw", "avx512_dq", "fma3"), "avx2": ("avx2", "fma3"), "default": ()}
+    return caps.get("architecture") in ("x86_64", "x86") and all(caps.get(f) for f in need[capability])
+
+
+@pytest.mark.parametrize("capability", OTHER_CAPABILITIES)
+def test_kernel_parity_under_other_torch_cpu_capabilities(capability):
+    """The two kernel parity tests above again, in a process where ATEN_CPU_CAPABILITY makes torch dispatch the
+    kernels of `capability`."""
+    if not _cpu_runs(capability):
+        pytest.skip(f"this CPU cannot run torch's {capability} kernels")
+    code = (f"import sys, pytest, torch\n"
+            f"assert torch.backends.cpu.get_cpu_capability() == {capability.upper()!r}\n"
+            f"sys.exit(pytest.main(['-q', '-p', 'no:cacheprovider', {os.path.abspath(__file__)!r}, "
+            f"'-k', 'kernel_parity_sizes or kernel_parity_every_flag']))\n")
+    env = dict(os.environ, ATEN_CPU_CAPABILITY=capability, PYTHONPATH=os.pathsep.join(
+        p for p in (ROOT, os.environ.get("PYTHONPATH", "")) if p))
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
+    assert " passed" in proc.stdout and "skipped" not in proc.stdout, proc.stdout[-2000:]
 
 
 def test_multi_group_schedule_and_last_lr():

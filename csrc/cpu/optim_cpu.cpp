@@ -2,8 +2,8 @@
 //
 // The per-element math is optim_math.h's torch-CPU mirror. torch's fused CPU kernels split each tensor into a
 // Vectorized main loop and a scalar tail of numel % Vec::size() elements, whose arithmetic differs (see
-// optim_math.h); we reproduce that split exactly (Vec::size() = vector bytes / element size, 32 bytes for
-// torch's AVX2 kernels, 64 for AVX512), so the result does not depend on how we parallelise or vectorise.
+// TorchCpuLoop); we reproduce that split exactly (Vec::size() = 32 bytes / element size, for every kernel torch
+// dispatches on x86), so the result does not depend on how we parallelise or vectorise.
 // The hot loops are compiled a second time for AVX2+FMA (function attribute, chosen at run time) so that the
 // fma of the lerp is a single instruction; the portable build calls std::fma (same bits, slower).
 #include <ATen/Dispatch.h>
@@ -25,12 +25,14 @@ namespace {
 constexpr int64_t kWorkItem = 1 << 17;  // elements per parallel work item (a multiple of every vector width;
                                       // 2^13..2^19 measured: 2^17 best on 16M params in 50 tensors)
 
-int64_t vector_bytes() {
-  static const int64_t bytes = [] {
-    // "AVX512", "AVX2", "DEFAULT", ...: the kernels torch's dispatcher picked on this machine.
-    return at::get_cpu_capability().find("AVX512") != std::string::npos ? int64_t(64) : int64_t(32);
-  }();
-  return bytes;
+// torch's fused optimizer kernels exist for DEFAULT and AVX2 only (AVX512 falls back to AVX2): 32-byte vectors.
+int64_t vector_bytes() { return 32; }
+
+// Whether torch's dispatcher runs its AVX2 kernel (capability "AVX2" or "AVX512") or its DEFAULT one ("DEFAULT",
+// e.g. under ATEN_CPU_CAPABILITY=default): they round differently (TorchCpuLoop).
+bool torch_runs_avx2_kernel() {
+  static const bool avx2 = at::get_cpu_capability() != "DEFAULT";
+  return avx2;
 }
 
 template <class scalar_t>
@@ -51,7 +53,7 @@ struct AdamTensorArgs {
 #define WF_INLINE inline
 #endif
 
-template <class scalar_t, bool kVec, bool kAdamW, bool kAmsgrad, bool kHasWd, bool kScaled>
+template <class scalar_t, TorchCpuLoop kLoop, bool kAdamW, bool kAmsgrad, bool kHasWd, bool kScaled>
 WF_INLINE void adam_loop(const AdamTensorArgs& t, AdamCpuScalars<opmath_of<scalar_t>> s, const float* gs,
                          int64_t begin, int64_t end) {
   using T = opmath_of<scalar_t>;
@@ -68,7 +70,7 @@ WF_INLINE void adam_loop(const AdamTensorArgs& t, AdamCpuScalars<opmath_of<scala
     const T gi = cpu_grad<kScaled>(g, i, scale, sign);
     T pi = T(p[i]), mi = T(m[i]), vi = T(v[i]);
     T vmi = kAmsgrad ? T(vm[i]) : T(0);
-    adam_cpu_update<T, kVec, kAdamW>(pi, gi, mi, vi, vmi, s);
+    adam_cpu_update<T, kLoop, kAdamW>(pi, gi, mi, vi, vmi, s);
     p[i] = scalar_t(pi);
     m[i] = scalar_t(mi);
     v[i] = scalar_t(vi);
@@ -79,9 +81,11 @@ WF_INLINE void adam_loop(const AdamTensorArgs& t, AdamCpuScalars<opmath_of<scala
 template <class scalar_t, bool kAdamW, bool kAmsgrad, bool kHasWd, bool kScaled>
 WF_INLINE void adam_range_t(const AdamTensorArgs& t, const AdamCpuScalars<opmath_of<scalar_t>>& s, const float* gs,
                             int64_t begin, int64_t end) {
+  if (!torch_runs_avx2_kernel())
+    return adam_loop<scalar_t, TorchCpuLoop::kDefault, kAdamW, kAmsgrad, kHasWd, kScaled>(t, s, gs, begin, end);
   const int64_t mid = std::clamp(t.vec_end, begin, end);
-  adam_loop<scalar_t, true, kAdamW, kAmsgrad, kHasWd, kScaled>(t, s, gs, begin, mid);
-  adam_loop<scalar_t, false, kAdamW, kAmsgrad, kHasWd, kScaled>(t, s, gs, mid, end);
+  adam_loop<scalar_t, TorchCpuLoop::kAvx2Vector, kAdamW, kAmsgrad, kHasWd, kScaled>(t, s, gs, begin, mid);
+  adam_loop<scalar_t, TorchCpuLoop::kAvx2Tail, kAdamW, kAmsgrad, kHasWd, kScaled>(t, s, gs, mid, end);
 }
 
 // Runtime flags -> one of the 16 instantiations.
@@ -98,7 +102,7 @@ WF_INLINE void adam_range(const AdamTensorArgs& t, const AdamCpuScalars<opmath_o
   }
 }
 
-template <class scalar_t, bool kVec, bool kMomentum, bool kFirst, bool kScaled>
+template <class scalar_t, TorchCpuLoop kLoop, bool kMomentum, bool kFirst, bool kScaled>
 WF_INLINE void sgd_loop(void* pv, void* gv, void* bv, SgdScalars<opmath_of<scalar_t>> s, const float* gs,
                         int64_t begin, int64_t end) {
   using T = opmath_of<scalar_t>;
@@ -112,22 +116,29 @@ WF_INLINE void sgd_loop(void* pv, void* gv, void* bv, SgdScalars<opmath_of<scala
     const T gi = cpu_grad<kScaled>(g, i, scale, sign);
     T pi = T(p[i]);
     T bi = (kMomentum && !kFirst) ? T(b[i]) : T(0);
-    sgd_cpu_update<T, kVec>(pi, gi, bi, kFirst, s);
+    sgd_cpu_update<T, kLoop>(pi, gi, bi, kFirst, s);
     p[i] = scalar_t(pi);
     if constexpr (kMomentum) b[i] = scalar_t(bi);
   }
 }
 
+template <class scalar_t, bool kMomentum, bool kFirst, bool kScaled>
+WF_INLINE void sgd_range_t(void* p, void* g, void* b, const SgdScalars<opmath_of<scalar_t>>& s, const float* gs,
+                           int64_t begin, int64_t end, int64_t vec_end) {
+  if (!torch_runs_avx2_kernel())
+    return sgd_loop<scalar_t, TorchCpuLoop::kDefault, kMomentum, kFirst, kScaled>(p, g, b, s, gs, begin, end);
+  const int64_t mid = std::clamp(vec_end, begin, end);
+  sgd_loop<scalar_t, TorchCpuLoop::kAvx2Vector, kMomentum, kFirst, kScaled>(p, g, b, s, gs, begin, mid);
+  sgd_loop<scalar_t, TorchCpuLoop::kAvx2Tail, kMomentum, kFirst, kScaled>(p, g, b, s, gs, mid, end);
+}
+
 template <class scalar_t>
 WF_INLINE void sgd_range(void* p, void* g, void* b, bool first, const SgdScalars<opmath_of<scalar_t>>& s,
                          const float* gs, int64_t begin, int64_t end, int64_t vec_end) {
-  const int64_t mid = std::clamp(vec_end, begin, end);
   const int key = (s.has_momentum ? 4 : 0) | (first ? 2 : 0) | (gs ? 1 : 0);
   switch (key) {
-#define WF_CASE(K)                                                                                      \
-  case K:                                                                                               \
-    sgd_loop<scalar_t, true, bool(K & 4), bool(K & 2), bool(K & 1)>(p, g, b, s, gs, begin, mid);       \
-    return sgd_loop<scalar_t, false, bool(K & 4), bool(K & 2), bool(K & 1)>(p, g, b, s, gs, mid, end);
+#define WF_CASE(K) \
+  case K: return sgd_range_t<scalar_t, bool(K & 4), bool(K & 2), bool(K & 1)>(p, g, b, s, gs, begin, end, vec_end);
     WF_CASE(0) WF_CASE(1) WF_CASE(2) WF_CASE(3) WF_CASE(4) WF_CASE(5) WF_CASE(6) WF_CASE(7)
 #undef WF_CASE
   }
