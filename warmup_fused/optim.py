@@ -114,7 +114,7 @@ class _FusedOptimizer(torch.optim.Optimizer):
         self._schedule: Schedule | None = None
         self._bound: Schedule | None = None
         self._lr_ahead: tuple = (0, None, None)
-        self._plan: tuple = (None, None, None)
+        self._plan: tuple = (None, None, None, ())
         self._structure = 0  # bumped whenever the op's argument lists may change
 
     # ------------------------------------------------------------------------------------------ param groups
@@ -319,20 +319,28 @@ class _FusedOptimizer(torch.optim.Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        calls, host_read = self._calls()
-        if host_read:
-            self._read_tensor_hparams(host_read)
         if self._host_step >= MAX_STEP - 1:
             raise RuntimeError(f"the schedule counter reached {self._host_step}: schedules are defined below 2**53")
-        gs = getattr(self, "grad_scale", None)
-        fi = getattr(self, "found_inf", None)
-        op = self._op()
-        for call in calls:
-            d = call.buffers.device
-            if call.buffers.capturing():
-                call.buffers.captured = True
-            call(op, None if gs is None else gs.to(device=d, dtype=torch.float32, non_blocking=True),
-                 None if fi is None else fi.to(device=d, dtype=torch.float32, non_blocking=True))
+        calls, host_read, created = self._calls()
+        try:
+            if len(calls) > 1:  # each op checks its own device before writing; check all before the first runs
+                self._check_new([(g, p) for c in calls for g, p in zip(c.groups, c.params)])
+            if host_read:
+                self._read_tensor_hparams(host_read)
+            gs = getattr(self, "grad_scale", None)
+            fi = getattr(self, "found_inf", None)
+            op = self._op()
+            for call in calls:
+                d = call.buffers.device
+                if call.buffers.capturing():
+                    call.buffers.captured = True
+                call(op, None if gs is None else gs.to(device=d, dtype=torch.float32, non_blocking=True),
+                     None if fi is None else fi.to(device=d, dtype=torch.float32, non_blocking=True))
+        except Exception:
+            for p in created:  # a rejected step leaves no state behind (the ops checked before writing)
+                self.state.pop(p, None)
+            self._plan = (None, None, None, ())
+            raise
         if not torch.compiler.is_compiling():  # host mirrors would make every compiled step recompile
             self._host_step += 1
             self._show(self._host_step)
@@ -341,15 +349,16 @@ class _FusedOptimizer(torch.optim.Optimizer):
     def _calls(self):
         """The per-device op calls for the params that have grads now; rebuilt when that set (or the structure)
         changes, after every param that needs state was checked."""
-        key, calls, host_read = self._plan
+        key, calls, host_read, _ = self._plan
         flat = key[2] if key is not None and key[0] == self._structure else [
             (g, p) for g, group in enumerate(self._groups) for p in group["params"]]
         has = [p.grad is not None for _, p in flat]
         if key is not None and key[0] == self._structure and key[1] == has:
-            return calls, host_read
+            return calls, host_read, ()
         rows = [(g, p) for (g, p), h in zip(flat, has) if h]
         self._check_new(rows)
         capturing = any(b.capturing() for b in self._devices.values())
+        created = [p for _, p in rows if not self.state.get(p)]
         for g, p in rows:
             self._init_state(g, p, capturing)
         by_device: dict = {d: [] for d in self._devices}  # every device with a counter steps: they stay in step
@@ -357,8 +366,8 @@ class _FusedOptimizer(torch.optim.Optimizer):
             by_device.setdefault(p.device, []).append((g, p))
         calls = [_DeviceCall(self, self._buffers(d), r) for d, r in by_device.items()]
         host_read = [g for g, group in enumerate(self._groups) if self._reads_on_host(group, g)]
-        self._plan = ((self._structure, has, flat), calls, host_read)
-        return calls, host_read
+        self._plan = ((self._structure, has, flat), calls, host_read, created)
+        return calls, host_read, created
 
     def _reads_on_host(self, group: dict, g: int) -> bool:
         """Tensor hyperparameters other than an lr the kernel reads: read at every step, as torch does."""
