@@ -28,13 +28,13 @@ WF_HOST_DEVICE T nan_max(T a, T b) {
   return (a != a || b != b) ? (a + b) : (a < b ? b : a);
 }
 
-// sqrt(v) / bias_correction2_sqrt + eps, with amsgrad's running max (updated in place). The CPU kernels take a
-// NaN-propagating max; torch's CUDA kernel takes std::max(vmax, v) = (vmax < v) ? v : vmax, which keeps vmax when v
-// is NaN (kCudaMax).
-template <class T, bool kCudaMax = false>
+// sqrt(v) / bias_correction2_sqrt + eps, with amsgrad's running max (updated in place). torch's CPU vector loops
+// take at::vec::maximum, which propagates NaN; its CPU scalar tails and its CUDA kernel take
+// std::max(vmax, v) = (vmax < v) ? v : vmax, which keeps vmax when v is NaN (kStdMax).
+template <class T, bool kStdMax>
 WF_HOST_DEVICE T adam_denom(T v, T& vmax, bool amsgrad, T bc2_sqrt, T eps) {
   if (amsgrad) {
-    vmax = kCudaMax ? ((vmax < v) ? v : vmax) : nan_max(vmax, v);
+    vmax = kStdMax ? ((vmax < v) ? v : vmax) : nan_max(vmax, v);
     return std::sqrt(vmax) / bc2_sqrt + eps;
   }
   return std::sqrt(v) / bc2_sqrt + eps;
@@ -46,15 +46,20 @@ WF_HOST_DEVICE T adam_denom(T v, T& vmax, bool amsgrad, T bc2_sqrt, T eps) {
 // torch 2.14.1 builds these kernels for DEFAULT and AVX2 only: its REGISTER_DISPATCH leaves the AVX512 slot
 // empty and DispatchStub falls back to AVX2, so AVX2 and AVX512 machines both run the AVX2 kernel. Both kernels
 // use 32-byte Vectorized: a Vectorized main loop, then a scalar tail for the last numel % Vec::size() elements.
-//   kAvx2Vector, kAvx2Tail: the AVX2 kernel (-mavx2 -mfma, GCC's default -ffp-contract=fast): its two loops
-//                           contract some a*b+c, not always the same product (see adam_cpu_update).
-//   kDefault:               either loop of the DEFAULT kernel, built without FMA: nothing is contracted.
-enum class TorchCpuLoop { kDefault, kAvx2Vector, kAvx2Tail };
+//   kAvx2Vector, kAvx2Tail:       the AVX2 kernel (-mavx2 -mfma, GCC's default -ffp-contract=fast): its two loops
+//                                 contract some a*b+c, not always the same product (see adam_cpu_update).
+//   kDefaultVector, kDefaultTail: the DEFAULT kernel, built without FMA: nothing is contracted.
+// Vector loops and tails also differ in amsgrad's max when a value is NaN (adam_denom).
+enum class TorchCpuLoop { kDefaultVector, kDefaultTail, kAvx2Vector, kAvx2Tail };
+
+constexpr bool is_tail(TorchCpuLoop loop) {
+  return loop == TorchCpuLoop::kDefaultTail || loop == TorchCpuLoop::kAvx2Tail;
+}
 
 // a*b + c as torch's loop computes it where GCC had only this one product to fuse.
 template <TorchCpuLoop kLoop, class T>
 WF_HOST_DEVICE T torch_madd(T a, T b, T c) {
-  if constexpr (kLoop == TorchCpuLoop::kDefault) return a * b + c;
+  if constexpr (kLoop == TorchCpuLoop::kDefaultVector || kLoop == TorchCpuLoop::kDefaultTail) return a * b + c;
   else return std::fma(a, b, c);
 }
 
@@ -110,7 +115,7 @@ WF_HOST_DEVICE AdamCpuScalars<T> adam_cpu_scalars(double lr, double beta1, doubl
 //   exp_avg lerp                         -> fma (vector: explicit vec::fmadd; tail: contracted)
 //   exp_avg_sq*beta2 + (c2*grad)*grad    -> kAvx2Vector: fma(c2*grad, grad, exp_avg_sq*beta2)
 //                                           kAvx2Tail:   fma(exp_avg_sq, beta2, (c2*grad)*grad)
-// In the DEFAULT kernel (kDefault) each of these is a*b + c, rounded twice.
+// In the DEFAULT kernel each of these is a*b + c, rounded twice.
 template <class T, TorchCpuLoop kLoop, bool kAdamW>
 WF_HOST_DEVICE void adam_cpu_update(T& p, T g, T& m, T& v, T& vmax, const AdamCpuScalars<T>& s) {
   if (s.has_wd) {
@@ -122,7 +127,7 @@ WF_HOST_DEVICE void adam_cpu_update(T& p, T g, T& m, T& v, T& vmax, const AdamCp
   m = std::abs(w) < T(0.5) ? torch_madd<kLoop>(w, g - m, m) : torch_madd<kLoop>(w - T(1), g - m, g);
   if constexpr (kLoop == TorchCpuLoop::kAvx2Vector) v = std::fma(s.c2 * g, g, v * s.beta2);
   else v = torch_madd<kLoop>(v, s.beta2, s.c2 * g * g);
-  const T denom = adam_denom(v, vmax, s.amsgrad, s.bc2_sqrt, s.eps);
+  const T denom = adam_denom<T, is_tail(kLoop)>(v, vmax, s.amsgrad, s.bc2_sqrt, s.eps);
   // Vector loop: p + (-step_size) * m / denom; tail: p - step_size * m / denom. Identical in IEEE arithmetic.
   p = p + s.neg_step_size * m / denom;
 }
@@ -149,7 +154,7 @@ WF_HOST_DEVICE SgdScalars<T> sgd_scalars(double lr, double momentum, double damp
   return s;
 }
 
-// torch's CPU fused SGD, with the AVX2 kernel's contractions (kDefault: none), found as in adam_cpu_update:
+// torch's CPU fused SGD, with the AVX2 kernel's contractions (the DEFAULT kernel: none), found as in adam_cpu_update:
 //   grad + param*wd, grad + buf*momentum, param - grad*lr   -> fma (both loops)
 //   buf*momentum + grad*(1-dampening)  -> kAvx2Vector: fma(grad, 1-dampening, buf*momentum)
 //                                         kAvx2Tail:   fma(buf, momentum, grad*(1-dampening))
@@ -211,7 +216,7 @@ WF_HOST_DEVICE void adam_cuda_update(T& p, T g, T& m, T& v, T& vmax, const AdamC
   m = std::fma(s.beta1, m, std::fma(-s.beta1, g, g));
   const T g2 = g * g;
   v = std::fma(s.beta2, v, std::fma(-s.beta2, g2, g2));
-  const T denom = adam_denom<T, true>(v, vmax, s.amsgrad, s.bc2_sqrt, s.eps);
+  const T denom = adam_denom<T, true>(v, vmax, s.amsgrad, s.bc2_sqrt, s.eps);  // std::max on CUDA
   p = p - s.step_size * m / denom;
 }
 

@@ -602,3 +602,25 @@ def test_step_under_torch_compile_cpu():
     assert torch.equal(opt.last_lr(), twin_opt.last_lr())
     for p, q in zip(model.parameters(), twin.parameters()):
         assert torch.equal(p, q)
+
+
+@pytest.mark.parametrize("cls", ["AdamW", "Adam"])
+def test_amsgrad_with_nan_grads_matches_torch(cls):
+    """torch's CPU vector loop takes a NaN-propagating max for max_exp_avg_sq, its scalar tail std::max, which keeps
+    the old value when exp_avg_sq is NaN: both reproduced (NaN in the vector part and in the tail of a tensor)."""
+    torch.manual_seed(0)
+    p = torch.randn(37)
+    q = p.clone().requires_grad_()
+    ours = getattr(warmup_fused, cls)([p], lr=1e-2, amsgrad=True)
+    ref = getattr(torch.optim, cls)([q], lr=1e-2, amsgrad=True, fused=True)
+    for t in range(3):
+        g = torch.randn(37)
+        if t == 1:
+            g[[3, 35]] = float("nan")  # 3: vector loop; 35: scalar tail (37 = 4 vectors of 8 + 5)
+        p.grad, q.grad = g.clone(), g.clone()
+        ours.step()
+        ref.step()
+        for k in ("max_exp_avg_sq", "exp_avg_sq", "exp_avg"):
+            a, b = ours.state[p][k], ref.state[q][k]
+            assert torch.equal(a.isnan(), b.isnan()) and torch.equal(a.nan_to_num(), b.nan_to_num()), (t, k)
+    assert not ours.state[p]["max_exp_avg_sq"][35].isnan() and ours.state[p]["max_exp_avg_sq"][3].isnan()

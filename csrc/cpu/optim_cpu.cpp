@@ -81,9 +81,11 @@ WF_INLINE void adam_loop(const AdamTensorArgs& t, AdamCpuScalars<opmath_of<scala
 template <class scalar_t, bool kAdamW, bool kAmsgrad, bool kHasWd, bool kScaled>
 WF_INLINE void adam_range_t(const AdamTensorArgs& t, const AdamCpuScalars<opmath_of<scalar_t>>& s, const float* gs,
                             int64_t begin, int64_t end) {
-  if (!torch_runs_avx2_kernel())
-    return adam_loop<scalar_t, TorchCpuLoop::kDefault, kAdamW, kAmsgrad, kHasWd, kScaled>(t, s, gs, begin, end);
   const int64_t mid = std::clamp(t.vec_end, begin, end);
+  if (!torch_runs_avx2_kernel()) {
+    adam_loop<scalar_t, TorchCpuLoop::kDefaultVector, kAdamW, kAmsgrad, kHasWd, kScaled>(t, s, gs, begin, mid);
+    return adam_loop<scalar_t, TorchCpuLoop::kDefaultTail, kAdamW, kAmsgrad, kHasWd, kScaled>(t, s, gs, mid, end);
+  }
   adam_loop<scalar_t, TorchCpuLoop::kAvx2Vector, kAdamW, kAmsgrad, kHasWd, kScaled>(t, s, gs, begin, mid);
   adam_loop<scalar_t, TorchCpuLoop::kAvx2Tail, kAdamW, kAmsgrad, kHasWd, kScaled>(t, s, gs, mid, end);
 }
@@ -125,8 +127,8 @@ WF_INLINE void sgd_loop(void* pv, void* gv, void* bv, SgdScalars<opmath_of<scala
 template <class scalar_t, bool kMomentum, bool kFirst, bool kScaled>
 WF_INLINE void sgd_range_t(void* p, void* g, void* b, const SgdScalars<opmath_of<scalar_t>>& s, const float* gs,
                            int64_t begin, int64_t end, int64_t vec_end) {
-  if (!torch_runs_avx2_kernel())
-    return sgd_loop<scalar_t, TorchCpuLoop::kDefault, kMomentum, kFirst, kScaled>(p, g, b, s, gs, begin, end);
+  if (!torch_runs_avx2_kernel())  // no amsgrad max in SGD: one DEFAULT loop for the vector part and the tail
+    return sgd_loop<scalar_t, TorchCpuLoop::kDefaultVector, kMomentum, kFirst, kScaled>(p, g, b, s, gs, begin, end);
   const int64_t mid = std::clamp(vec_end, begin, end);
   sgd_loop<scalar_t, TorchCpuLoop::kAvx2Vector, kMomentum, kFirst, kScaled>(p, g, b, s, gs, begin, mid);
   sgd_loop<scalar_t, TorchCpuLoop::kAvx2Tail, kMomentum, kFirst, kScaled>(p, g, b, s, gs, mid, end);
