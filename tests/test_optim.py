@@ -19,8 +19,6 @@ from torch.optim.lr_scheduler import CosineAnnealingLR, LambdaLR, LinearLR, Sequ
 import warmup_fused
 from warmup_fused import SGD, Adam, AdamW, schedules
 
-cuda = pytest.mark.cuda
-needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
 
 
@@ -472,104 +470,6 @@ def test_op_rejects_bad_group_index_and_writes_nothing():
     with pytest.raises(ValueError, match="tensor_group"):
         torch.ops.warmup_fused.adam_step(*args)
     assert all(torch.equal(a.reshape(-1).view(torch.uint8), b.reshape(-1).view(torch.uint8)) for a, b in zip(before, written))
-
-
-# ----------------------------------------------------------------------------------------------------- CUDA
-@cuda
-@needs_cuda
-@pytest.mark.parametrize("cls", ["AdamW", "Adam", "SGD"])
-def test_cuda_parity_vs_torch_fused(cls):
-    kw = dict(momentum=0.9, weight_decay=1e-2) if cls == "SGD" else dict(weight_decay=0.1, amsgrad=True)
-    lr = 0.05 if cls == "SGD" else 3e-3
-    _train_pair(lambda ps, s: getattr(warmup_fused, cls)(ps, lr=lr, schedule=s, **kw),
-                lambda ps: getattr(torch.optim, cls)(ps, lr=lr, fused=True, **kw), steps=200, checks=(1, 50, 200),
-                device="cuda")
-
-
-@cuda
-@needs_cuda
-def test_cuda_step_never_syncs():
-    model = MLP().cuda()
-    opt = AdamW(model.parameters(), lr=1e-3, schedule=schedules.from_torch(
-        LinearLR(torch.optim.SGD([torch.zeros(1)], lr=1.0), 0.1, 1.0, 10)))
-    for p in model.parameters():
-        p.grad = torch.randn_like(p)
-    opt.step()  # first step allocates state and copies programs
-    torch.cuda.synchronize()
-    torch.cuda.set_sync_debug_mode("error")
-    try:
-        for _ in range(3):
-            opt.step()
-            opt.last_lr()
-    finally:
-        torch.cuda.set_sync_debug_mode(0)
-
-
-@cuda
-@needs_cuda
-def test_cuda_graph_whole_step_1000_replays():
-    torch.manual_seed(0)
-    total, warmup = 1200, 100
-    ref_model = MLP().cuda()
-    model = copy.deepcopy(ref_model)
-    ref_opt = torch.optim.AdamW(ref_model.parameters(), lr=1e-3, fused=True)
-    ref_sched = _warmup_cosine(ref_opt, warmup, total)
-    sched = schedules.from_torch(_warmup_cosine(torch.optim.AdamW([torch.zeros(1, requires_grad=True)], lr=1e-3),
-                                                warmup, total), horizon=total + 1)
-    opt = AdamW(model.parameters(), lr=1e-3, schedule=sched)
-    x, y = torch.randn(64, 13, device="cuda"), torch.randn(64, 5, device="cuda")
-
-    def train_step(m, o):
-        loss = torch.nn.functional.mse_loss(m(x), y)
-        loss.backward()
-        o.step()
-        return loss
-
-    s = torch.cuda.Stream()
-    s.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(s):
-        for _ in range(3):  # warm up (allocates state)
-            model.zero_grad(set_to_none=False)
-            train_step(model, opt)
-    torch.cuda.current_stream().wait_stream(s)
-    for _ in range(3):
-        ref_model.zero_grad(set_to_none=False)
-        train_step(ref_model, ref_opt)
-        ref_sched.step()
-    g = torch.cuda.CUDAGraph()
-    model.zero_grad(set_to_none=False)
-    with torch.cuda.graph(g):
-        train_step(model, opt)
-    lrs = []
-    for t in range(3, total):
-        for p in model.parameters():
-            p.grad.zero_()
-        g.replay()
-        lrs.append(opt.last_lr().clone())
-        ref_model.zero_grad(set_to_none=False)
-        train_step(ref_model, ref_opt)
-        ref_sched.step()
-    expect = sched.lr_at(range(3, total), "cuda")[0]
-    assert torch.equal(torch.stack(lrs)[:, 0], expect)
-    for p, q in zip(model.parameters(), ref_model.parameters()):
-        torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)
-
-
-@cuda
-@needs_cuda
-def test_cuda_compile_reduce_overhead():
-    model = MLP().cuda()
-    opt = AdamW(model.parameters(), lr=1e-3)
-
-    @torch.compile(mode="reduce-overhead")
-    def opt_step():
-        opt.step()
-
-    for _ in range(5):
-        for p in model.parameters():
-            p.grad = torch.randn_like(p)
-        opt_step()
-    assert int(opt.sched_step()) == 5
 
 
 def test_step_under_torch_compile_cpu():
