@@ -30,7 +30,8 @@ namespace warmup_fused {
 // ----------------------------------------------------------------------------------- layout shared with Python
 // Columns of the float64 [G, cols] hyperparameter table (exported by the `layout` op). kHostMomentum is beta1 for
 // Adam/AdamW and the momentum for SGD.
-enum GroupCol : int { kLrSource = 0, kHostLr, kMomentumSource, kHostMomentum, kCommonCols };
+// kStochastic: bfloat16 params without a master are rounded stochastically.
+enum GroupCol : int { kLrSource = 0, kHostLr, kMomentumSource, kHostMomentum, kStochastic, kCommonCols };
 // kDecoupled: AdamW's decoupled weight decay (torch's Adam(decoupled_weight_decay=True) is AdamW).
 enum AdamCol : int { kBeta2 = kCommonCols, kEps, kWeightDecay, kAmsgrad, kMaximize, kDecoupled, kAdamCols };
 enum SgdCol : int { kDampening = kCommonCols, kSgdWeightDecay, kNesterov, kSgdMaximize, kSgdCols };
@@ -67,15 +68,18 @@ struct GroupParams {
 };
 
 struct TensorMeta {
-  void* p;   // param
-  void* g;   // grad
-  void* s1;  // exp_avg | momentum_buffer (null: SGD without momentum)
-  void* s2;  // exp_avg_sq
-  void* s3;  // max_exp_avg_sq (null: no amsgrad)
-  float* step;  // per-param step counter (Adam: state['step']; SGD: steps taken, 0 = buffer not initialised)
+  void* p;        // param
+  void* g;        // grad
+  void* s1;       // exp_avg | momentum_buffer (null: SGD without momentum)
+  void* s2;       // exp_avg_sq
+  void* s3;       // max_exp_avg_sq (null: no amsgrad)
+  float* master;  // float32 master weight (null: none); with one, the states are float32 too
+  float* step;    // per-param step counter (Adam: state['step']; SGD: steps taken, 0 = buffer not initialised)
   int64_t numel;
   int32_t group;
+  int32_t index;    // the tensor's position in the op's lists: its stream of stochastic-rounding bits
   int32_t aligned;  // every pointer above is 16-byte aligned: the vector path applies
+  int32_t pad;
 };
 
 struct LaunchParams {
@@ -86,6 +90,8 @@ struct LaunchParams {
   const double* hparams;
   int64_t cols, groups;
   const float* grad_scale;  // null: no AMP scaling
+  const double* clip_coef;  // null: no gradient clipping; else grads are multiplied by it as they are loaded
+  uint64_t rng_seed;        // stochastic rounding
 };
 
 // ------------------------------------------------------------------------------------------------- group kernel
@@ -118,7 +124,7 @@ WF_HOST_DEVICE void group_advance_thread(const GroupParams& a, int tid) {
 
 // ----------------------------------------------------------------------------------------------- records kernel
 // Record layout (float64 words); values are opmath (float or double), stored exactly.
-enum RecordWord : int { kRecFirst = 0, kRecSkip, kRecA, kRecB, kRecC, kRecD, kRecE, kRecF, kRecG, kRecH, kRecI };
+enum RecordWord : int { kRecFirst = 0, kRecSkip, kRecA, kRecB, kRecC, kRecD, kRecE, kRecF, kRecG, kRecH, kRecRng };
 
 template <class S>
 using opmath_t = std::conditional_t<std::is_same_v<S, double>, double, float>;
@@ -193,6 +199,8 @@ WF_HOST_DEVICE void records_thread(const LaunchParams& a, int tid, int nthreads)
     const float old_step = *t.step;
     r[kRecFirst] = old_step == 0.0f ? 1.0 : 0.0;
     r[kRecSkip] = skip ? 1.0 : 0.0;
+    // Stochastic rounding draws from (seed, tensor, step, element): the param's counter before this step.
+    r[kRecRng] = h[kStochastic] != 0.0 ? double(old_step) + 1.0 : 0.0;
     if constexpr (kAdam) {
       // torch: _foreach_add_(state_steps, 1) before the kernel, undone (found_inf == 1) after it.
       write_adam_record<T>(r, adam_cuda_scalars<T>(lrs[t.group], moms[t.group], h[kBeta2], h[kEps], h[kWeightDecay],
@@ -208,39 +216,187 @@ WF_HOST_DEVICE void records_thread(const LaunchParams& a, int tid, int nthreads)
 }
 
 // ------------------------------------------------------------------------------------------------ update kernel
-// 16 bytes of S: the unit of the vector path (4 x fp32, 2 x fp64, 8 x fp16/bf16).
-template <class S>
-struct alignas(16) Pack {
-  static constexpr int kN = 16 / int(sizeof(S));
-  S v[kN];
+// A unit of work is N = 16 / sizeof(S) consecutive elements: one 128-bit access for the param and the grad (4 x fp32,
+// 2 x fp64, 8 x fp16/bf16), the same number of elements of each state and master (float32 states of a bf16 param:
+// two 128-bit accesses). The scalar tail and unaligned tensors use units of one element.
+template <class X, int N>
+struct Vec {
+  X v[N];
 };
 
-template <class S>
-WF_HOST_DEVICE Pack<S> load_pack(const S* p) {
-  Pack<S> out;
+template <class X, int N>
+WF_HOST_DEVICE Vec<X, N> load_vec(const X* p) {
+  Vec<X, N> out;
+  if constexpr (N * sizeof(X) % 16 == 0) {
 #if defined(__CUDA_ARCH__)
-  const uint4 raw = *reinterpret_cast<const uint4*>(p);  // one 128-bit global load
-  memcpy(&out, &raw, sizeof(raw));
+    for (int k = 0; k < int(N * sizeof(X) / 16); ++k) {
+      const uint4 raw = reinterpret_cast<const uint4*>(p)[k];  // 128-bit global loads
+      memcpy(reinterpret_cast<char*>(&out) + 16 * k, &raw, 16);
+    }
 #else
-  std::memcpy(&out, p, sizeof(out));
+    std::memcpy(&out, p, sizeof(out));
 #endif
+  } else {
+    for (int k = 0; k < N; ++k) out.v[k] = p[k];
+  }
   return out;
 }
 
-template <class S>
-WF_HOST_DEVICE void store_pack(S* p, const Pack<S>& in) {
+template <class X, int N>
+WF_HOST_DEVICE void store_vec(X* p, const Vec<X, N>& in) {
+  if constexpr (N * sizeof(X) % 16 == 0) {
 #if defined(__CUDA_ARCH__)
-  uint4 raw;
-  memcpy(&raw, &in, sizeof(raw));
-  *reinterpret_cast<uint4*>(p) = raw;  // one 128-bit global store
+    for (int k = 0; k < int(N * sizeof(X) / 16); ++k) {
+      uint4 raw;
+      memcpy(&raw, reinterpret_cast<const char*>(&in) + 16 * k, 16);
+      reinterpret_cast<uint4*>(p)[k] = raw;  // 128-bit global stores
+    }
 #else
-  std::memcpy(p, &in, sizeof(in));
+    std::memcpy(p, &in, sizeof(in));
 #endif
+  } else {
+    for (int k = 0; k < N; ++k) p[k] = in.v[k];
+  }
 }
 
 template <class T, class S>
 WF_HOST_DEVICE T to_op(S x) {
   return T(static_cast<opmath_t<S>>(x));
+}
+
+// 32 random bits from (seed, tensor, step, element): splitmix64's finaliser over a mix of the four (counter-based,
+// so the same seed reproduces a run, on the host as on the device, with no state to advance).
+WF_HOST_DEVICE uint32_t random_bits(uint64_t seed, uint64_t tensor, uint64_t step, uint64_t element) {
+  uint64_t x = seed ^ (tensor * 0x9E3779B97F4A7C15ull) ^ (step * 0xD1B54A32D192ED03ull) ^ (element * 0x8CB92BA72F3D8DD7ull);
+  x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9ull;
+  x = (x ^ (x >> 27)) * 0x94D049BB133111EBull;
+  return uint32_t((x ^ (x >> 31)) >> 32);
+}
+
+// x rounded to bfloat16 stochastically, without bias: up with probability (x - down) / (up - down). The low 16 bits
+// of x's float32 pattern are the position between the two neighbours; adding 16 random bits carries into the kept
+// half with exactly that probability. inf and NaN round to nearest (unchanged).
+WF_HOST_DEVICE c10::BFloat16 round_stochastic(float x, uint32_t r) {
+  uint32_t bits;
+  memcpy(&bits, &x, 4);
+  if ((bits & 0x7f800000u) != 0x7f800000u) bits = (bits + (r & 0xffffu)) & 0xffff0000u;
+  else return c10::BFloat16(x);
+  return c10::BFloat16(uint16_t(bits >> 16), c10::BFloat16::from_bits());
+}
+
+// What the optimizer step sees of one launch's tensor: its record and the features it uses.
+struct UnitContext {
+  const float* grad_scale;
+  const double* clip_coef;
+  uint64_t rng_seed, rng_step;  // rng_step 0: no stochastic rounding
+  int32_t index;
+  bool first;
+};
+
+// The param written back: with a master, the master (float32) and the param rounded to nearest from it; with
+// stochastic rounding (bf16 only), rounded stochastically; else rounded to nearest.
+template <class S, class T>
+WF_HOST_DEVICE S param_out(T value, const UnitContext& c, int64_t element) {
+  if constexpr (std::is_same_v<S, c10::BFloat16>) {
+    if (c.rng_step != 0)
+      return round_stochastic(float(value), random_bits(c.rng_seed, uint64_t(c.index), c.rng_step, uint64_t(element)));
+  }
+  return S(value);
+}
+
+// One unit of N elements starting at element i. S: param and grad storage; X: state storage (S, or float32 with
+// a master). Loads every operand of the unit, computes, then stores (all loads before any store).
+template <class S, class X, int N, bool kAdam>
+WF_HOST_DEVICE void update_unit(const TensorMeta& t, int64_t i, const double* r, const UnitContext& c) {
+  using T = opmath_t<S>;
+  S* p = static_cast<S*>(t.p) + i;
+  S* g = static_cast<S*>(t.g) + i;
+  X* s1 = t.s1 ? static_cast<X*>(t.s1) + i : nullptr;
+  X* s2 = t.s2 ? static_cast<X*>(t.s2) + i : nullptr;
+  X* s3 = t.s3 ? static_cast<X*>(t.s3) + i : nullptr;
+  float* master = t.master ? t.master + i : nullptr;
+  T pv[N], gv[N], av[N], bv[N], cv[N];  // param, grad, then exp_avg, exp_avg_sq, max (Adam) or the buffer (SGD)
+  {
+    const Vec<S, N> gp = load_vec<S, N>(g);
+    // A master's first step starts from the param (a master created inside a capture is uninitialised memory).
+    const bool from_master = master && !c.first;
+    Vec<float, N> mp{};
+    Vec<S, N> pp{};
+    if (from_master) mp = load_vec<float, N>(master);
+    else pp = load_vec<S, N>(p);
+    for (int k = 0; k < N; ++k) {
+      pv[k] = from_master ? T(mp.v[k]) : to_op<T>(pp.v[k]);
+      gv[k] = to_op<T>(gp.v[k]);
+      av[k] = bv[k] = cv[k] = T(0);
+    }
+  }
+  if constexpr (kAdam) {
+    const AdamCudaScalars<T> s = read_adam_record<T>(r);
+    if (!c.first) {
+      const Vec<X, N> ap = load_vec<X, N>(s1), bp = load_vec<X, N>(s2);
+      Vec<X, N> cp{};
+      if (s.amsgrad) cp = load_vec<X, N>(s3);
+      for (int k = 0; k < N; ++k) {
+        av[k] = to_op<T>(ap.v[k]);
+        bv[k] = to_op<T>(bp.v[k]);
+        cv[k] = s.amsgrad ? to_op<T>(cp.v[k]) : T(0);
+      }
+    }
+    for (int k = 0; k < N; ++k) {
+      if (c.grad_scale) gv[k] = gv[k] / T(*c.grad_scale);  // torch: grad /= opmath(*grad_scale), stored back
+      if (c.clip_coef) gv[k] = to_op<T>(S(gv[k] * T(*c.clip_coef)));  // clip_grad_norm_'s _foreach_mul_
+      adam_cuda_update<T>(pv[k], gv[k], av[k], bv[k], cv[k], s);
+    }
+    Vec<X, N> ap, bp, cp;
+    for (int k = 0; k < N; ++k) {
+      ap.v[k] = X(av[k]);
+      bp.v[k] = X(bv[k]);
+      cp.v[k] = X(cv[k]);
+    }
+    store_vec<X, N>(s1, ap);
+    store_vec<X, N>(s2, bp);
+    if (s.amsgrad) store_vec<X, N>(s3, cp);
+  } else {
+    const SgdCudaScalars<T> s = read_sgd_record<T>(r);
+    if (s.has_momentum && !c.first) {
+      const Vec<X, N> ap = load_vec<X, N>(s1);
+      for (int k = 0; k < N; ++k) av[k] = to_op<T>(ap.v[k]);
+    }
+    for (int k = 0; k < N; ++k) {
+      if (c.grad_scale) gv[k] = gv[k] / T(*c.grad_scale);
+      if (c.clip_coef) gv[k] = to_op<T>(S(gv[k] * T(*c.clip_coef)));
+      sgd_cuda_update<T>(pv[k], gv[k], av[k], c.first, s);
+    }
+    if (s.has_momentum) {
+      Vec<X, N> ap;
+      for (int k = 0; k < N; ++k) ap.v[k] = X(av[k]);
+      store_vec<X, N>(s1, ap);
+    }
+  }
+  Vec<S, N> pp, gp;
+  Vec<float, N> mp;
+  for (int k = 0; k < N; ++k) {
+    mp.v[k] = float(pv[k]);
+    pp.v[k] = master ? S(mp.v[k]) : param_out<S>(pv[k], c, i + k);
+    gp.v[k] = S(gv[k]);
+  }
+  if (master) store_vec<float, N>(master, mp);
+  store_vec<S, N>(p, pp);
+  if (c.grad_scale) store_vec<S, N>(g, gp);
+}
+
+// A skipped first step leaves state created inside a CUDA graph capture (uninitialised memory) as it is made
+// eagerly: Adam's states zero, a master equal to its param.
+template <class S, class X, bool kAdam>
+WF_HOST_DEVICE void init_states(const TensorMeta& t, int64_t begin, int64_t end, int tid, int nthreads) {
+  for (int64_t i = begin + tid; i < end; i += nthreads) {
+    if (kAdam) {
+      static_cast<X*>(t.s1)[i] = X(0.0f);
+      static_cast<X*>(t.s2)[i] = X(0.0f);
+      if (t.s3) static_cast<X*>(t.s3)[i] = X(0.0f);
+    }
+    if (t.master) t.master[i] = float(static_cast<const S*>(t.p)[i]);
+  }
 }
 
 // The tensor that block `block` of the launch works on (binary search of first_block).
@@ -253,150 +409,26 @@ WF_HOST_DEVICE int tensor_of_block(const LaunchParams& a, int64_t block) {
   return lo;
 }
 
-// The unit of work of one thread: a Pack of elements (vector path) or one element (tail), as arrays of N values.
-// Adam: loads every operand of the group, computes, then stores (all loads issued before any store).
-template <class S, int N>
-WF_HOST_DEVICE void adam_elements(S* p, S* g, S* m, S* v, S* vm, const AdamCudaScalars<opmath_t<S>>& s,
-                                  const float* gs, bool first) {
-  using T = opmath_t<S>;
-  T pv[N], gv[N], mv[N], vv[N], vmv[N];
-  if constexpr (N > 1) {
-    const Pack<S> pp = load_pack(p), gp = load_pack(g);
-    Pack<S> mp{}, vp{}, vmp{};
-    if (!first) {
-      mp = load_pack(m);
-      vp = load_pack(v);
-      if (s.amsgrad) vmp = load_pack(vm);
-    }
-    for (int k = 0; k < N; ++k) {
-      pv[k] = to_op<T>(pp.v[k]);
-      gv[k] = to_op<T>(gp.v[k]);
-      mv[k] = first ? T(0) : to_op<T>(mp.v[k]);
-      vv[k] = first ? T(0) : to_op<T>(vp.v[k]);
-      vmv[k] = (first || !s.amsgrad) ? T(0) : to_op<T>(vmp.v[k]);
-    }
-  } else {
-    pv[0] = to_op<T>(*p);
-    gv[0] = to_op<T>(*g);
-    mv[0] = first ? T(0) : to_op<T>(*m);
-    vv[0] = first ? T(0) : to_op<T>(*v);
-    vmv[0] = (first || !s.amsgrad) ? T(0) : to_op<T>(*vm);
-  }
-  for (int k = 0; k < N; ++k) {
-    if (gs != nullptr) gv[k] = gv[k] / T(*gs);  // torch: grad /= opmath(*grad_scale), stored back unscaled
-    adam_cuda_update<T>(pv[k], gv[k], mv[k], vv[k], vmv[k], s);
-  }
-  if constexpr (N > 1) {
-    Pack<S> pp, mp, vp, gp, vmp;
-    for (int k = 0; k < N; ++k) {
-      pp.v[k] = S(pv[k]);
-      mp.v[k] = S(mv[k]);
-      vp.v[k] = S(vv[k]);
-      gp.v[k] = S(gv[k]);
-      vmp.v[k] = S(vmv[k]);
-    }
-    store_pack(p, pp);
-    store_pack(m, mp);
-    store_pack(v, vp);
-    if (s.amsgrad) store_pack(vm, vmp);
-    if (gs != nullptr) store_pack(g, gp);
-  } else {
-    *p = S(pv[0]);
-    *m = S(mv[0]);
-    *v = S(vv[0]);
-    if (s.amsgrad) *vm = S(vmv[0]);
-    if (gs != nullptr) *g = S(gv[0]);
-  }
-}
-
-template <class S, int N>
-WF_HOST_DEVICE void sgd_elements(S* p, S* g, S* b, const SgdCudaScalars<opmath_t<S>>& s, const float* gs,
-                                 bool first) {
-  using T = opmath_t<S>;
-  const bool load_buf = s.has_momentum && !first;
-  T pv[N], gv[N], bv[N];
-  if constexpr (N > 1) {
-    const Pack<S> pp = load_pack(p), gp = load_pack(g);
-    Pack<S> bp{};
-    if (load_buf) bp = load_pack(b);
-    for (int k = 0; k < N; ++k) {
-      pv[k] = to_op<T>(pp.v[k]);
-      gv[k] = to_op<T>(gp.v[k]);
-      bv[k] = load_buf ? to_op<T>(bp.v[k]) : T(0);
-    }
-  } else {
-    pv[0] = to_op<T>(*p);
-    gv[0] = to_op<T>(*g);
-    bv[0] = load_buf ? to_op<T>(*b) : T(0);
-  }
-  for (int k = 0; k < N; ++k) {
-    if (gs != nullptr) gv[k] = gv[k] / T(*gs);
-    sgd_cuda_update<T>(pv[k], gv[k], bv[k], first, s);
-  }
-  if constexpr (N > 1) {
-    Pack<S> pp, gp, bp;
-    for (int k = 0; k < N; ++k) {
-      pp.v[k] = S(pv[k]);
-      gp.v[k] = S(gv[k]);
-      bp.v[k] = S(bv[k]);
-    }
-    store_pack(p, pp);
-    if (s.has_momentum) store_pack(b, bp);
-    if (gs != nullptr) store_pack(g, gp);
-  } else {
-    *p = S(pv[0]);
-    if (s.has_momentum) *b = S(bv[0]);
-    if (gs != nullptr) *g = S(gv[0]);
-  }
-}
-
-// Zeroes a tensor's Adam states in [begin, end): a skipped first step leaves states created inside a CUDA graph
-// capture (uninitialised memory) as torch would have them, zeros.
-template <class S>
-WF_HOST_DEVICE void zero_states(S* m, S* v, S* vm, int64_t begin, int64_t end, int tid, int nthreads) {
-  for (int64_t i = begin + tid; i < end; i += nthreads) {
-    m[i] = S(0.0f);
-    v[i] = S(0.0f);
-    if (vm != nullptr) vm[i] = S(0.0f);
-  }
-}
-
-// One thread of update block `block`: elements of its chunk, vectors first, then the scalar tail.
-template <class S, bool kAdam>
+// One thread of update block `block`: units of its chunk, vectors first, then the scalar tail. kMaster: the
+// launch's tensors have float32 masters and states (all of a launch do or none do).
+template <class S, bool kAdam, bool kMaster>
 WF_HOST_DEVICE void update_thread(const LaunchParams& a, int64_t block, int tid, int nthreads) {
-  using T = opmath_t<S>;
-  constexpr int kN = Pack<S>::kN;
+  using X = std::conditional_t<kMaster, float, S>;
+  constexpr int kN = 16 / int(sizeof(S));
   const int ti = tensor_of_block(a, block);
   const TensorMeta& t = a.t[ti];
   const double* r = a.scratch + int64_t(ti) * kRecordWords;
-  const bool first = r[kRecFirst] != 0.0;
+  const UnitContext c{a.grad_scale, a.clip_coef, a.rng_seed, uint64_t(r[kRecRng]), t.index, r[kRecFirst] != 0.0};
   const int64_t begin = (block - a.first_block[ti]) * kChunk;
   const int64_t end = begin + kChunk < t.numel ? begin + kChunk : t.numel;
-  S* p = static_cast<S*>(t.p);
-  S* g = static_cast<S*>(t.g);
-  S* s1 = static_cast<S*>(t.s1);
-  const int64_t vec_end = t.aligned ? begin + (end - begin) / kN * kN : begin;
-  if constexpr (kAdam) {
-    S* s2 = static_cast<S*>(t.s2);
-    S* s3 = static_cast<S*>(t.s3);
-    if (r[kRecSkip] != 0.0) {
-      if (first) zero_states<S>(s1, s2, s3, begin, end, tid, nthreads);
-      return;
-    }
-    const AdamCudaScalars<T> s = read_adam_record<T>(r);
-    for (int64_t i = begin + int64_t(tid) * kN; i < vec_end; i += int64_t(nthreads) * kN)
-      adam_elements<S, kN>(p + i, g + i, s1 + i, s2 + i, s.amsgrad ? s3 + i : nullptr, s, a.grad_scale, first);
-    for (int64_t i = vec_end + tid; i < end; i += nthreads)
-      adam_elements<S, 1>(p + i, g + i, s1 + i, s2 + i, s.amsgrad ? s3 + i : nullptr, s, a.grad_scale, first);
-  } else {
-    if (r[kRecSkip] != 0.0) return;  // the buffer stays uninitialised: the counter still says "first"
-    const SgdCudaScalars<T> s = read_sgd_record<T>(r);
-    S* b = s.has_momentum ? s1 : nullptr;
-    for (int64_t i = begin + int64_t(tid) * kN; i < vec_end; i += int64_t(nthreads) * kN)
-      sgd_elements<S, kN>(p + i, g + i, b ? b + i : nullptr, s, a.grad_scale, first);
-    for (int64_t i = vec_end + tid; i < end; i += nthreads)
-      sgd_elements<S, 1>(p + i, g + i, b ? b + i : nullptr, s, a.grad_scale, first);
+  if (r[kRecSkip] != 0.0) {  // SGD's buffer stays uninitialised: its counter still says "first"
+    if (c.first) init_states<S, X, kAdam>(t, begin, end, tid, nthreads);
+    return;
   }
+  const int64_t vec_end = t.aligned ? begin + (end - begin) / kN * kN : begin;
+  for (int64_t i = begin + int64_t(tid) * kN; i < vec_end; i += int64_t(nthreads) * kN)
+    update_unit<S, X, kN, kAdam>(t, i, r, c);
+  for (int64_t i = vec_end + tid; i < end; i += nthreads) update_unit<S, X, 1, kAdam>(t, i, r, c);
 }
 
 // ------------------------------------------------------------------------------------------------- host: plan

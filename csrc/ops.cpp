@@ -88,7 +88,7 @@ void check_step_buffers(const at::Tensor& sched_step, const at::Tensor& scratch,
                         const at::Tensor& vals, const at::Tensor& hparams, int64_t cols,
                         const c10::List<std::optional<at::Tensor>>& lr_tensors,
                         const std::optional<at::Tensor>& grad_scale, const std::optional<at::Tensor>& found_inf,
-                        const c10::Device& device) {
+                        const std::optional<at::Tensor>& clip_coef, const c10::Device& device) {
   check_program_tensors(ints, vals, device);
   check_scalar(sched_step, at::kLong, device, "sched_step");
   TORCH_CHECK_TYPE(hparams.scalar_type() == at::kDouble && hparams.dim() == 2 && hparams.size(1) == cols &&
@@ -114,13 +114,19 @@ void check_step_buffers(const at::Tensor& sched_step, const at::Tensor& scratch,
   TORCH_CHECK_VALUE(count <= kMaxLrTensors, "at most ", kMaxLrTensors, " param groups can take their lr from a tensor");
   if (grad_scale.has_value() && grad_scale->defined()) check_scalar(*grad_scale, at::kFloat, device, "grad_scale");
   if (found_inf.has_value() && found_inf->defined()) check_scalar(*found_inf, at::kFloat, device, "found_inf");
+  if (clip_coef.has_value() && clip_coef->defined()) {
+    check_scalar(*clip_coef, at::kDouble, device, "clip_coef");
+    TORCH_CHECK_VALUE(!(grad_scale.has_value() && grad_scale->defined()),
+                      "clip_coef and grad_scale cannot both be given: unscale the grads first (clip_grad_norm_ "
+                      "takes the norm of unscaled grads)");
+  }
 }
 
 // What Python needs of the layouts in multi_tensor.h, as "name=value;...".
 std::string layout() {
   std::ostringstream out;
   out << "lr_source=" << kLrSource << ";host_lr=" << kHostLr << ";momentum_source=" << kMomentumSource
-      << ";host_momentum=" << kHostMomentum << ";beta2=" << kBeta2 << ";eps=" << kEps << ";weight_decay="
+      << ";host_momentum=" << kHostMomentum << ";stochastic=" << kStochastic << ";beta2=" << kBeta2 << ";eps=" << kEps << ";weight_decay="
       << kWeightDecay << ";amsgrad=" << kAmsgrad << ";maximize=" << kMaximize << ";decoupled=" << kDecoupled << ";adam_cols=" << kAdamCols
       << ";dampening=" << kDampening << ";sgd_weight_decay=" << kSgdWeightDecay << ";nesterov=" << kNesterov
       << ";sgd_maximize=" << kSgdMaximize << ";sgd_cols=" << kSgdCols << ";lr_from_schedule=" << kLrFromSchedule
@@ -149,27 +155,34 @@ TORCH_LIBRARY(warmup_fused, m) {
   // counters of the params as they were, but sched_step still advances by one.
   // hparams: float64 [G, adam_cols] (layout op); scratch: float64 (layout op); lr_tensors: empty or one per group.
   // max_exp_avg_sqs: empty, or one per param (empty placeholder where the group has no amsgrad).
+  // masters: empty, or one float32 master weight per bf16/fp16 param (placeholder where absent): the update runs on
+  // the master (float32 states), the param is the master rounded to nearest. clip_coef (float64, one element):
+  // grads are multiplied by it as loaded, as clip_grad_norm_'s _foreach_mul_ would (not stored back; not with
+  // grad_scale). Groups with hparams[g, stochastic] != 0 round bf16 params stochastically from rng_seed.
   m.def("adam_step(Tensor(a!)[] params, Tensor(b!)[] grads, Tensor(c!)[] exp_avgs, Tensor(d!)[] exp_avg_sqs, "
-        "Tensor(e!)[] max_exp_avg_sqs, Tensor(f!)[] state_steps, Tensor(g!) sched_step, Tensor(h!) scratch, "
-        "Tensor prog_ints, Tensor prog_vals, Tensor hparams, Tensor?[] lr_tensors, int[] tensor_group, "
-        "Tensor? grad_scale=None, Tensor? found_inf=None) -> ()");
+        "Tensor(e!)[] max_exp_avg_sqs, Tensor(f!)[] state_steps, Tensor(g!)[] masters, Tensor(h!) sched_step, "
+        "Tensor(i!) scratch, Tensor prog_ints, Tensor prog_vals, Tensor hparams, Tensor?[] lr_tensors, "
+        "int[] tensor_group, Tensor? grad_scale=None, Tensor? found_inf=None, Tensor? clip_coef=None, "
+        "int rng_seed=0) -> ()");
   // One SGD step, same conventions. state_steps: per-param steps taken (0: the momentum buffer is initialised to
   // the decayed grad, as torch does on a param's first step). momentum_buffers: empty or one per param (empty
   // placeholder where the group has no momentum).
   m.def("sgd_step(Tensor(a!)[] params, Tensor(b!)[] grads, Tensor(c!)[] momentum_buffers, "
-        "Tensor(d!)[] state_steps, Tensor(e!) sched_step, Tensor(f!) scratch, Tensor prog_ints, Tensor prog_vals, "
-        "Tensor hparams, Tensor?[] lr_tensors, int[] tensor_group, Tensor? grad_scale=None, "
-        "Tensor? found_inf=None) -> ()");
+        "Tensor(d!)[] state_steps, Tensor(e!)[] masters, Tensor(f!) sched_step, Tensor(g!) scratch, "
+        "Tensor prog_ints, Tensor prog_vals, Tensor hparams, Tensor?[] lr_tensors, int[] tensor_group, "
+        "Tensor? grad_scale=None, Tensor? found_inf=None, Tensor? clip_coef=None, int rng_seed=0) -> ()");
   // The CUDA kernels' code run on CPU tensors (cpu/cuda_emulation.cpp), for tests without a GPU; reference=True
   // runs a plain per-element loop over optim_math.h's torch-CUDA math instead (the oracle).
   m.def("adam_step_emulated(Tensor(a!)[] params, Tensor(b!)[] grads, Tensor(c!)[] exp_avgs, "
-        "Tensor(d!)[] exp_avg_sqs, Tensor(e!)[] max_exp_avg_sqs, Tensor(f!)[] state_steps, Tensor(g!) sched_step, "
-        "Tensor(h!) scratch, Tensor prog_ints, Tensor prog_vals, Tensor hparams, Tensor?[] lr_tensors, "
-        "int[] tensor_group, Tensor? grad_scale=None, Tensor? found_inf=None, bool reference=False) -> ()");
+        "Tensor(d!)[] exp_avg_sqs, Tensor(e!)[] max_exp_avg_sqs, Tensor(f!)[] state_steps, Tensor(g!)[] masters, "
+        "Tensor(h!) sched_step, Tensor(i!) scratch, Tensor prog_ints, Tensor prog_vals, Tensor hparams, "
+        "Tensor?[] lr_tensors, int[] tensor_group, Tensor? grad_scale=None, Tensor? found_inf=None, "
+        "Tensor? clip_coef=None, int rng_seed=0, bool reference=False) -> ()");
   m.def("sgd_step_emulated(Tensor(a!)[] params, Tensor(b!)[] grads, Tensor(c!)[] momentum_buffers, "
-        "Tensor(d!)[] state_steps, Tensor(e!) sched_step, Tensor(f!) scratch, Tensor prog_ints, Tensor prog_vals, "
-        "Tensor hparams, Tensor?[] lr_tensors, int[] tensor_group, Tensor? grad_scale=None, "
-        "Tensor? found_inf=None, bool reference=False) -> ()");
+        "Tensor(d!)[] state_steps, Tensor(e!)[] masters, Tensor(f!) sched_step, Tensor(g!) scratch, "
+        "Tensor prog_ints, Tensor prog_vals, Tensor hparams, Tensor?[] lr_tensors, int[] tensor_group, "
+        "Tensor? grad_scale=None, Tensor? found_inf=None, Tensor? clip_coef=None, int rng_seed=0, "
+        "bool reference=False) -> ()");
 }
 
 TORCH_LIBRARY_IMPL(warmup_fused, CPU, m) {

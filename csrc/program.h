@@ -51,12 +51,13 @@ inline bool same_layout(const at::Tensor& a, const at::Tensor& b) {
   return true;
 }
 
-// what[i] (a state): the device, dtype, shape and memory layout (strides) of its param.
-inline void check_state(const at::Tensor& param, const at::Tensor& t, const char* what, size_t i) {
+// what[i] (a state): the device, shape and memory layout (strides) of its param, and `dtype` (the param's, or
+// float32 for the master weight and the states of a param that has one).
+inline void check_state(const at::Tensor& param, const at::Tensor& t, const char* what, size_t i,
+                        at::ScalarType dtype) {
   TORCH_CHECK_VALUE(t.device() == param.device(), what, "[", i, "] is on ", t.device(), ", its param on ",
                     param.device());
-  TORCH_CHECK_TYPE(t.scalar_type() == param.scalar_type(), what, "[", i, "] is ", t.scalar_type(), ", its param ",
-                   param.scalar_type());
+  TORCH_CHECK_TYPE(t.scalar_type() == dtype, what, "[", i, "] is ", t.scalar_type(), ", expected ", dtype);
   TORCH_CHECK_VALUE(same_layout(t, param), what, "[", i, "] has shape ", t.sizes(), " and strides ", t.strides(),
                     ", its param ", param.sizes(), " and ", param.strides(), " (states share their param's layout)");
 }
@@ -77,6 +78,6 @@ void check_step_buffers(const at::Tensor& sched_step, const at::Tensor& scratch,
                         const at::Tensor& vals, const at::Tensor& hparams, int64_t cols,
                         const c10::List<std::optional<at::Tensor>>& lr_tensors,
                         const std::optional<at::Tensor>& grad_scale, const std::optional<at::Tensor>& found_inf,
-                        const c10::Device& device);
+                        const std::optional<at::Tensor>& clip_coef, const c10::Device& device);
 
 }  // namespace warmup_fused

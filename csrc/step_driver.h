@@ -15,9 +15,10 @@
 
 namespace warmup_fused {
 
-// The per-tensor lists of one op call. SGD: s1 = momentum buffers, s2 and s3 empty.
+// The per-tensor lists of one op call. SGD: s1 = momentum buffers, s2 and s3 empty. masters: empty, or one float32
+// master weight per param (an empty placeholder where a param has none); a param with a master has float32 states.
 struct StepLists {
-  at::TensorList params, grads, s1, s2, s3, steps;
+  at::TensorList params, grads, s1, s2, s3, steps, masters;
   at::IntArrayRef groups;
   bool adam;
 };
@@ -33,13 +34,24 @@ inline void check_step_lists(const StepLists& l, int64_t groups, const c10::Devi
   } else {
     TORCH_CHECK_VALUE(l.s1.empty() || l.s1.size() == n, "momentum_buffers must be empty or have one tensor per param");
   }
+  TORCH_CHECK_VALUE(l.masters.empty() || l.masters.size() == n, "masters must be empty or have one tensor per param");
   const char* s1_name = l.adam ? "exp_avgs" : "momentum_buffers";
   for (size_t i = 0; i < n; ++i) {
-    check_param(l.params[i], l.groups[i], groups, device, i);
-    check_grad(l.params[i], l.grads[i], i);
-    if (l.adam || has_state(l.s1, i, l.params[i])) check_state(l.params[i], l.s1[i], s1_name, i);
-    if (l.adam) check_state(l.params[i], l.s2[i], "exp_avg_sqs", i);
-    if (has_state(l.s3, i, l.params[i])) check_state(l.params[i], l.s3[i], "max_exp_avg_sqs", i);
+    const at::Tensor& p = l.params[i];
+    check_param(p, l.groups[i], groups, device, i);
+    check_grad(p, l.grads[i], i);
+    // States have the param's dtype, or float32 with a master (which only bf16/fp16 params take).
+    const bool master = has_state(l.masters, i, p);
+    const at::ScalarType state_dtype = master ? at::kFloat : p.scalar_type();
+    if (master) {
+      TORCH_CHECK_TYPE(p.scalar_type() == at::kHalf || p.scalar_type() == at::kBFloat16, "masters[", i,
+                       "]: only float16 and bfloat16 params take a float32 master, params[", i, "] is ",
+                       p.scalar_type());
+      check_state(p, l.masters[i], "masters", i, at::kFloat);
+    }
+    if (l.adam || has_state(l.s1, i, p)) check_state(p, l.s1[i], s1_name, i, state_dtype);
+    if (l.adam) check_state(p, l.s2[i], "exp_avg_sqs", i, state_dtype);
+    if (has_state(l.s3, i, p)) check_state(p, l.s3[i], "max_exp_avg_sqs", i, state_dtype);
     TORCH_CHECK_TYPE(l.steps[i].scalar_type() == at::kFloat && l.steps[i].numel() == 1 &&
                          l.steps[i].device() == device,
                      "state_steps[", i, "] must be a float32 tensor with one element on ", device);
@@ -96,15 +108,16 @@ inline GroupParams group_params(const at::Tensor& sched_step, const at::Tensor& 
 inline bool aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
 
 // The CUDA step's kernel sequence (see multi_tensor.h), run by `L`: L.group(GroupParams),
-// L.records<S, kAdam>(LaunchParams), L.update<S, kAdam>(LaunchParams).
+// L.records<S, kAdam>(LaunchParams), L.update<S, kAdam, kMaster>(LaunchParams).
 template <class Launcher>
 void run_multi_tensor_step(Launcher& L, const StepLists& l, const at::Tensor& sched_step,
                            const at::Tensor& scratch, const at::Tensor& ints, const at::Tensor& vals,
                            const at::Tensor& hparams, const c10::List<std::optional<at::Tensor>>& lr_tensors,
-                           const std::optional<at::Tensor>& grad_scale, const std::optional<at::Tensor>& found_inf) {
+                           const std::optional<at::Tensor>& grad_scale, const std::optional<at::Tensor>& found_inf,
+                           const std::optional<at::Tensor>& clip_coef, int64_t rng_seed) {
   const c10::Device device = sched_step.device();
   check_step_buffers(sched_step, scratch, ints, vals, hparams, hparam_cols(l.adam), lr_tensors, grad_scale,
-                     found_inf, device);
+                     found_inf, clip_coef, device);
   check_step_lists(l, hparams.size(0), device);
   // Nothing was written up to here.
   const std::vector<at::Tensor> grads = conform_grads(l.params, l.grads);
@@ -116,11 +129,16 @@ void run_multi_tensor_step(Launcher& L, const StepLists& l, const at::Tensor& sc
   lp->cols = hparams.size(1);
   lp->groups = hparams.size(0);
   lp->grad_scale = optional_ptr(grad_scale);
-  for (const at::ScalarType dtype : {at::kFloat, at::kDouble, at::kHalf, at::kBFloat16}) {
+  lp->clip_coef = (clip_coef.has_value() && clip_coef->defined()) ? clip_coef->data_ptr<double>() : nullptr;
+  lp->rng_seed = uint64_t(rng_seed);
+  // One kernel per (dtype, with or without master): launches hold tensors of one kind.
+  for (const auto& [dtype, with_master] : {std::pair{at::kFloat, false}, {at::kDouble, false}, {at::kHalf, false},
+                                          {at::kBFloat16, false}, {at::kHalf, true}, {at::kBFloat16, true}}) {
     std::vector<int64_t> indices, numels(l.params.size());
     for (size_t i = 0; i < l.params.size(); ++i) {
       numels[i] = l.params[i].numel();
-      if (l.params[i].scalar_type() == dtype) indices.push_back(int64_t(i));
+      if (l.params[i].scalar_type() == dtype && has_state(l.masters, i, l.params[i]) == with_master)
+        indices.push_back(int64_t(i));
     }
     for (const LaunchPlan& plan : make_launches(indices, numels)) {
       lp->n_tensors = int32_t(plan.tensors.size());
@@ -134,20 +152,27 @@ void run_multi_tensor_step(Launcher& L, const StepLists& l, const at::Tensor& sc
         t.s1 = has_state(l.s1, i, l.params[i]) ? l.s1[i].data_ptr() : nullptr;
         t.s2 = l.adam ? l.s2[i].data_ptr() : nullptr;
         t.s3 = has_state(l.s3, i, l.params[i]) ? l.s3[i].data_ptr() : nullptr;
+        t.master = with_master ? l.masters[i].data_ptr<float>() : nullptr;
         t.step = l.steps[i].data_ptr<float>();
         t.numel = numels[i];
         t.group = int32_t(l.groups[i]);
+        t.index = int32_t(i);
         t.aligned = aligned16(t.p) && aligned16(t.g) && (!t.s1 || aligned16(t.s1)) && (!t.s2 || aligned16(t.s2)) &&
-                    (!t.s3 || aligned16(t.s3));
+                    (!t.s3 || aligned16(t.s3)) && (!t.master || aligned16(t.master));
       }
       AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dtype, "warmup_fused_step", [&] {
-        if (l.adam) {
-          L.template records<scalar_t, true>(*lp);
-          if (lp->n_blocks > 0) L.template update<scalar_t, true>(*lp);
-        } else {
-          L.template records<scalar_t, false>(*lp);
-          if (lp->n_blocks > 0) L.template update<scalar_t, false>(*lp);
+        if (l.adam) L.template records<scalar_t, true>(*lp);
+        else L.template records<scalar_t, false>(*lp);
+        if (lp->n_blocks == 0) return;
+        if constexpr (std::is_same_v<scalar_t, at::Half> || std::is_same_v<scalar_t, at::BFloat16>) {
+          if (with_master) {
+            if (l.adam) L.template update<scalar_t, true, true>(*lp);
+            else L.template update<scalar_t, false, true>(*lp);
+            return;
+          }
         }
+        if (l.adam) L.template update<scalar_t, true, false>(*lp);
+        else L.template update<scalar_t, false, false>(*lp);
       });
     }
   }

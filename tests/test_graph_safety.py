@@ -43,7 +43,7 @@ def test_buffers_keep_their_addresses_while_values_follow(cls, kw):
     opt, ps, args = _setup(cls, **kw)
     addresses = _addresses(args)
     last_lr = opt.last_lr()
-    hparams = args[10] if cls is AdamW else args[8]
+    hparams = args[11] if cls is AdamW else args[9]
     wd_col = LAYOUT["weight_decay"] if cls is AdamW else LAYOUT["sgd_weight_decay"]
 
     def check(what):
@@ -62,7 +62,7 @@ def test_buffers_keep_their_addresses_while_values_follow(cls, kw):
     check("last_lr()")
     opt.set_schedule(schedules.linear_decay(50, warmup=5))  # a program that fits the buffer
     now = check("set_schedule")
-    assert opt.last_lr().tolist() == opt.schedule.lr_at(int(now[6 if cls is AdamW else 4]) - 1)[:, 0].tolist()
+    assert opt.last_lr().tolist() == opt.schedule.lr_at(int(now[7 if cls is AdamW else 5]) - 1)[:, 0].tolist()
     sd = copy.deepcopy(opt.state_dict())
     check("state_dict()")
     opt.load_state_dict(sd)

@@ -464,9 +464,9 @@ def test_opcheck(cls, kw):
 
 def test_op_rejects_bad_group_index_and_writes_nothing():
     opt, args = _op_case(AdamW)
-    written = args[0] + args[2] + args[3] + args[5] + [args[6], args[7]]  # params, states, counters, scratch
+    written = args[0] + args[2] + args[3] + args[5] + [args[7], args[8]]  # params, states, counters, scratch
     before = [t.clone() for t in written]
-    args[12] = [0, 3]
+    args[13] = [0, 3]
     with pytest.raises(ValueError, match="tensor_group"):
         torch.ops.warmup_fused.adam_step(*args)
     assert all(torch.equal(a.reshape(-1).view(torch.uint8), b.reshape(-1).view(torch.uint8)) for a, b in zip(before, written))

@@ -234,7 +234,7 @@ def _apply(opt, saved_groups, states, extra, step, schedule) -> None:
             del opt.state[p]
     opt._ready = False
     for i, (g, sg) in enumerate(zip(opt.param_groups, saved_groups)):
-        group = {k: v for k, v in sg.items() if k != "params"}
+        group = {**opt.defaults, **{k: v for k, v in sg.items() if k != "params"}}  # torch's lack our options
         group["params"] = g["params"]
         if "param_names" in g and "param_names" not in group:
             group["param_names"] = g["param_names"]

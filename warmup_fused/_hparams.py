@@ -81,6 +81,11 @@ def _accepted(key: str, allowed: tuple) -> Callable:
     return check
 
 
+_LOW_PRECISION = {
+    "master_weights": lambda v: _flag("master_weights", v),
+    "stochastic_rounding": lambda v: _flag("stochastic_rounding", v),
+}
+
 _TORCH_SWITCHES = {
     "foreach": _accepted("foreach", (None, False, True)),
     "fused": _accepted("fused", (None, True, False)),
@@ -107,6 +112,9 @@ class Spec:
         self.check_combination(group, where)
 
     def check_combination(self, group: dict, where: str = "") -> None:
+        if group.get("master_weights") and group.get("stochastic_rounding"):
+            raise ValueError(f"{where}master_weights and stochastic_rounding exclude each other: with a float32 master "
+                             "the param is the master rounded to nearest")
         if self.name == "SGD" and group.get("nesterov") and (
                 momentum_value(group) <= 0 or _number("dampening", group.get("dampening", 0.0)) != 0):
             raise ValueError(f"{where}Nesterov momentum requires a momentum and zero dampening")
@@ -138,18 +146,19 @@ ADAM_SPEC = Spec(
     {"lr": check_lr, "betas": lambda v: _betas("betas", v), "eps": lambda v: _number("eps", v, label="epsilon value"),
      "weight_decay": lambda v: _number("weight_decay", v), "amsgrad": lambda v: _flag("amsgrad", v),
      "maximize": lambda v: _flag("maximize", v),
-     "decoupled_weight_decay": lambda v: _flag("decoupled_weight_decay", v), **_TORCH_SWITCHES},
+     "decoupled_weight_decay": lambda v: _flag("decoupled_weight_decay", v), **_LOW_PRECISION, **_TORCH_SWITCHES},
     {"eps": LAYOUT["eps"], "weight_decay": LAYOUT["weight_decay"], "amsgrad": LAYOUT["amsgrad"],
-     "maximize": LAYOUT["maximize"], "decoupled_weight_decay": LAYOUT["decoupled"]},
+     "maximize": LAYOUT["maximize"], "decoupled_weight_decay": LAYOUT["decoupled"],
+     "stochastic_rounding": LAYOUT["stochastic"]},
     "betas")
 
 SGD_SPEC = Spec(
     "SGD", LAYOUT["sgd_cols"],
     {"lr": check_lr, "momentum": lambda v: _number("momentum", v), "dampening": lambda v: _number("dampening", v, lo=-math.inf),
      "weight_decay": lambda v: _number("weight_decay", v), "nesterov": lambda v: _flag("nesterov", v),
-     "maximize": lambda v: _flag("maximize", v), **_TORCH_SWITCHES},
+     "maximize": lambda v: _flag("maximize", v), **_LOW_PRECISION, **_TORCH_SWITCHES},
     {"dampening": LAYOUT["dampening"], "weight_decay": LAYOUT["sgd_weight_decay"], "nesterov": LAYOUT["nesterov"],
-     "maximize": LAYOUT["sgd_maximize"]},
+     "maximize": LAYOUT["sgd_maximize"], "stochastic_rounding": LAYOUT["stochastic"]},
     "momentum")
 
 

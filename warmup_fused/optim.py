@@ -40,6 +40,14 @@ __all__ = ["AdamW", "Adam", "SGD"]
 _SCHEDULE, _HOST, _TENSOR = LAYOUT["lr_from_schedule"], LAYOUT["lr_from_host"], LAYOUT["lr_from_tensor"]
 _LR_AHEAD = 256  # steps of host LRs evaluated at once for param_groups' display
 _FLOAT_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
+_REDUCED = (torch.float16, torch.bfloat16)
+
+
+def _check_max_grad_norm(value):
+    if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or
+                              not math.isfinite(value) or value <= 0):
+        raise ValueError(f"max_grad_norm must be None or a finite number > 0, got {value!r}")
+    return None if value is None else float(value)
 
 
 def _same_float(a, b) -> bool:
@@ -77,27 +85,30 @@ class _DeviceCall:
         states = [opt.state[p] for p in self.params]
         steps = [opt._step_slots[p] for p in self.params]
         empty = self.params[0].new_empty(0) if self.params else None
+        masters = [s.get("master_weight", empty) for s in states] if any("master_weight" in s for s in states) else []
         if opt._spec is ADAM_SPEC:
             vmax = [s.get("max_exp_avg_sq", empty) for s in states] if any("max_exp_avg_sq" in s for s in states) else []
-            self.lists = ([s["exp_avg"] for s in states], [s["exp_avg_sq"] for s in states], vmax, steps)
+            self.lists = ([s["exp_avg"] for s in states], [s["exp_avg_sq"] for s in states], vmax, steps, masters)
         else:
             bufs = [s.get("momentum_buffer", empty) for s in states]
-            self.lists = (bufs if any("momentum_buffer" in s for s in states) else [], steps)
+            self.lists = (bufs if any("momentum_buffer" in s for s in states) else [], steps, masters)
 
-    def __call__(self, op, grad_scale, found_inf) -> None:
+    def __call__(self, op, grad_scale, found_inf, clip_coef) -> None:
         b = self.buffers
         grads = [p.grad for p in self.params]
         op(self.params, grads, *self.lists, b.counter, b.scratch, b.ints, b.vals, b.hparams_view(),
-           self.opt._lr_tensors(b.device), self.groups, grad_scale, found_inf)
+           self.opt._lr_tensors(b.device), self.groups, grad_scale, found_inf, clip_coef, self.opt._rng_seed or 0)
 
 
 class _FusedOptimizer(torch.optim.Optimizer):
     _spec: Spec
     _op_name: str
 
-    def __init__(self, params, defaults: dict, schedule: Schedule | None):
+    def __init__(self, params, defaults: dict, schedule: Schedule | None, max_grad_norm: float | None):
         self._ready = False
+        max_grad_norm = _check_max_grad_norm(max_grad_norm)
         super().__init__(params, defaults)
+        self.max_grad_norm = max_grad_norm
         self._step_supports_amp_scaling = True  # GradScaler passes grad_scale / found_inf to step()
         self._wrap_groups()
         self._init_host(0)
@@ -116,6 +127,8 @@ class _FusedOptimizer(torch.optim.Optimizer):
         self._lr_ahead: tuple = (0, None, None)
         self._plan: tuple = (None, None, None, ())
         self._structure = 0  # bumped whenever the op's argument lists may change
+        self._rng_seed: int | None = None  # drawn from torch's default generator once stochastic rounding is used
+        self._last_grad_norm: torch.Tensor | None = None
 
     # ------------------------------------------------------------------------------------------ param groups
     def _wrap_groups(self) -> None:
@@ -329,13 +342,18 @@ class _FusedOptimizer(torch.optim.Optimizer):
                 self._read_tensor_hparams(host_read)
             gs = getattr(self, "grad_scale", None)
             fi = getattr(self, "found_inf", None)
+            clip = None
+            if self.max_grad_norm is not None:
+                clip = self._clip_coefficient(calls, gs)
+                gs = None  # the grads were unscaled in place first
             op = self._op()
             for call in calls:
                 d = call.buffers.device
                 if call.buffers.capturing():
                     call.buffers.captured = True
                 call(op, None if gs is None else gs.to(device=d, dtype=torch.float32, non_blocking=True),
-                     None if fi is None else fi.to(device=d, dtype=torch.float32, non_blocking=True))
+                     None if fi is None else fi.to(device=d, dtype=torch.float32, non_blocking=True),
+                     None if clip is None else clip.to(device=d, dtype=torch.float64, non_blocking=True))
         except Exception:
             for p in created:  # a rejected step leaves no state behind (the ops checked before writing)
                 self.state.pop(p, None)
@@ -369,6 +387,30 @@ class _FusedOptimizer(torch.optim.Optimizer):
         self._plan = ((self._structure, has, flat), calls, host_read, created)
         return calls, host_read, created
 
+    def _clip_coefficient(self, calls, grad_scale) -> torch.Tensor | None:
+        """clip_grad_norm_(params, max_grad_norm, foreach=True)'s norm and coefficient, by torch's own functions (so
+        the norm is bit-identical); the kernels apply the coefficient as they load each grad. With a GradScaler the
+        grads are first unscaled in place exactly as GradScaler.unscale_ does (the norm is of unscaled grads)."""
+        grads = [p.grad for c in calls for p in c.params]
+        if not grads:
+            return None
+        if grad_scale is not None:
+            inv_scale = grad_scale.double().reciprocal().float()
+            by_key: dict = {}
+            for g in grads:
+                by_key.setdefault((g.device, g.dtype), []).append(g)
+            for (device, _), group in by_key.items():
+                ignored = torch.zeros(1, dtype=torch.float32, device=device)  # GradScaler already found inf/nan
+                torch._amp_foreach_non_finite_check_and_unscale_(group, ignored, inv_scale.to(device))
+        total = torch.nn.utils.get_total_norm(grads, 2.0, error_if_nonfinite=False, foreach=True)
+        self._last_grad_norm = total
+        return torch.clamp(self.max_grad_norm / (total + 1e-6), max=1.0)
+
+    def last_grad_norm(self) -> torch.Tensor | None:
+        """The total L2 norm of the grads of the last step, as ``clip_grad_norm_`` returns it (a device tensor; None
+        before a step with ``max_grad_norm`` set)."""
+        return self._last_grad_norm
+
     def _reads_on_host(self, group: dict, g: int) -> bool:
         """Tensor hyperparameters other than an lr the kernel reads: read at every step, as torch does."""
         values = [group[k] for k in self._spec.checks if k in group and k != "lr"]
@@ -400,6 +442,9 @@ class _FusedOptimizer(torch.optim.Optimizer):
             if not _dense(p):
                 raise ValueError(f"{where} is not dense and non-overlapping (a strided view?): the fused kernels "
                                  "update params as flat arrays; optimise the tensor it views instead")
+            if p.dtype == torch.float16 and self._groups[g].get("stochastic_rounding"):
+                raise ValueError(f"{where} is float16: stochastic_rounding rounds bfloat16 params (use master_weights "
+                                 "for float16)")
             if p.device.type == "cuda" and not _ops.build_info()["cuda"]:
                 raise RuntimeError("this warmup_fused build has no CUDA kernels: rebuild it with the CUDA toolkit")
 
@@ -408,10 +453,28 @@ class _FusedOptimizer(torch.optim.Optimizer):
         kernel here would run again at every replay; the step kernels take a counter at 0 as zero states."""
         raise NotImplementedError
 
-    @staticmethod
-    def _new_state(p: torch.Tensor, capturing: bool) -> torch.Tensor:
+    def _new_state(self, g: int, p: torch.Tensor, capturing: bool) -> torch.Tensor:
+        """A zero state like p (float32 for a param with a master), empty while capturing (see _init_state)."""
         make = torch.empty_like if capturing else torch.zeros_like
-        return make(p, memory_format=torch.preserve_format)
+        return make(p, dtype=torch.float32 if self._has_master(g, p) else p.dtype, memory_format=torch.preserve_format)
+
+    def _has_master(self, g: int, p: torch.Tensor) -> bool:
+        return bool(self._groups[g].get("master_weights")) and p.dtype in _REDUCED
+
+    def _init_master(self, g: int, p: torch.Tensor, capturing: bool) -> None:
+        """master_weights: a float32 copy of a bf16/fp16 param (the kernels start a first step from the param, so
+        inside a capture it is left uninitialised)."""
+        state = self.state[p]
+        if self._has_master(g, p) and "master_weight" not in state:
+            if capturing and "exp_avg" in state and "master_weight" not in state and len(state) > 2:
+                raise RuntimeError("master_weights was switched on for params that already stepped, inside a CUDA "
+                                   "graph capture: run one eager step after the change, then capture")
+            master = torch.empty_like(p, dtype=torch.float32, memory_format=torch.preserve_format)
+            if not capturing:
+                master.copy_(p)
+            state["master_weight"] = master
+        if self._groups[g].get("stochastic_rounding") and self._rng_seed is None:
+            self._rng_seed = int(torch.randint(0, 2**62, (), dtype=torch.int64))
 
     # --------------------------------------------------------------------------------------- host-side values
     def _show(self, step: int) -> None:
@@ -490,26 +553,29 @@ class _AdamBase(_FusedOptimizer):
 
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, amsgrad=False, *,
                  foreach=None, maximize=False, capturable=False, differentiable=False, fused=None,
-                 decoupled_weight_decay=False, schedule: Schedule | None = None):
+                 decoupled_weight_decay=False, schedule: Schedule | None = None, master_weights=False,
+                 stochastic_rounding=False, max_grad_norm=None):
         defaults = dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, amsgrad=amsgrad, maximize=maximize,
                         foreach=foreach, capturable=capturable, differentiable=differentiable, fused=fused,
-                        decoupled_weight_decay=decoupled_weight_decay)
+                        decoupled_weight_decay=decoupled_weight_decay, master_weights=master_weights,
+                        stochastic_rounding=stochastic_rounding)
         ADAM_SPEC.check_group(defaults)
         defaults["betas"] = tuple(betas)
-        super().__init__(params, defaults, schedule)
+        super().__init__(params, defaults, schedule, max_grad_norm)
 
     def _init_state(self, g, p, capturing):
         state = self.state[p]
         had_state = bool(state)
         if not had_state:
             state["step"] = self._slot(p)
-            state["exp_avg"] = self._new_state(p, capturing)
-            state["exp_avg_sq"] = self._new_state(p, capturing)
+            state["exp_avg"] = self._new_state(g, p, capturing)
+            state["exp_avg_sq"] = self._new_state(g, p, capturing)
+        self._init_master(g, p, capturing)
         if self._groups[g]["amsgrad"] and "max_exp_avg_sq" not in state:
             if capturing and had_state:
                 raise RuntimeError("amsgrad was switched on for params that already have state, inside a CUDA "
                                    "graph capture: run one eager step after the change, then capture")
-            state["max_exp_avg_sq"] = self._new_state(p, capturing)  # zeros: a running max from 0, as torch's
+            state["max_exp_avg_sq"] = self._new_state(g, p, capturing)  # zeros: a running max from 0, as torch's
 
 
 class AdamW(_AdamBase):
@@ -522,10 +588,12 @@ class AdamW(_AdamBase):
 
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2, amsgrad=False, *,
                  maximize=False, foreach=None, capturable=False, differentiable=False, fused=None,
-                 schedule: Schedule | None = None):
+                 schedule: Schedule | None = None, master_weights=False, stochastic_rounding=False,
+                 max_grad_norm=None):
         super().__init__(params, lr, betas, eps, weight_decay, amsgrad, maximize=maximize, foreach=foreach,
                          capturable=capturable, differentiable=differentiable, fused=fused,
-                         decoupled_weight_decay=True, schedule=schedule)
+                         decoupled_weight_decay=True, schedule=schedule, master_weights=master_weights,
+                         stochastic_rounding=stochastic_rounding, max_grad_norm=max_grad_norm)
 
 
 class Adam(_AdamBase):
@@ -545,11 +613,13 @@ class SGD(_FusedOptimizer):
     _op_name = "sgd_step"
 
     def __init__(self, params, lr=1e-3, momentum=0.0, dampening=0.0, weight_decay=0.0, nesterov=False, *,
-                 maximize=False, foreach=None, differentiable=False, fused=None, schedule: Schedule | None = None):
+                 maximize=False, foreach=None, differentiable=False, fused=None, schedule: Schedule | None = None,
+                 master_weights=False, stochastic_rounding=False, max_grad_norm=None):
         defaults = dict(lr=lr, momentum=momentum, dampening=dampening, weight_decay=weight_decay, nesterov=nesterov,
-                        maximize=maximize, foreach=foreach, differentiable=differentiable, fused=fused)
+                        maximize=maximize, foreach=foreach, differentiable=differentiable, fused=fused,
+                        master_weights=master_weights, stochastic_rounding=stochastic_rounding)
         SGD_SPEC.check_group(defaults)
-        super().__init__(params, defaults, schedule)
+        super().__init__(params, defaults, schedule, max_grad_norm)
 
     def _init_state(self, g, p, capturing):
         stepped = p in self._step_slots
@@ -561,4 +631,5 @@ class SGD(_FusedOptimizer):
                     raise RuntimeError("momentum was switched on for params that already stepped, inside a CUDA "
                                        "graph capture: run one eager step after the change, then capture")
                 slot.zero_()
-            state["momentum_buffer"] = self._new_state(p, capturing)  # zeros until the kernel initialises it
+            state["momentum_buffer"] = self._new_state(g, p, capturing)  # zeros until the kernel initialises it
+        self._init_master(g, p, capturing)

@@ -204,10 +204,11 @@ std::vector<at::Tensor> begin_step(const StepLists& l, const at::Tensor& sched_s
                                    const at::Tensor& ints, const at::Tensor& vals, const at::Tensor& hparams,
                                    const c10::List<std::optional<at::Tensor>>& lr_tensors,
                                    const std::optional<at::Tensor>& grad_scale,
-                                   const std::optional<at::Tensor>& found_inf) {
+                                   const std::optional<at::Tensor>& found_inf,
+                                   const std::optional<at::Tensor>& clip_coef) {
   const c10::Device cpu(c10::kCPU);
   check_step_buffers(sched_step, scratch, ints, vals, hparams, hparam_cols(l.adam), lr_tensors, grad_scale,
-                     found_inf, cpu);
+                     found_inf, clip_coef, cpu);
   validate_program(ints, vals);
   const int64_t groups = hparams.size(0);
   const int64_t program_groups = ints.data_ptr<int64_t>()[0];
@@ -229,17 +230,88 @@ std::vector<at::Tensor> begin_step(const StepLists& l, const at::Tensor& sched_s
   return grads;
 }
 
+// ------------------------------------------------------------------------------------------------ staging
+// A work item whose tensor has a float32 master, stochastic rounding (bf16) or clipping is staged into buffers the
+// torch-parity loops take, then written back:
+//  * master: the loop runs in float32 on the master and its float32 states, with the grads upcast, as the reference
+//    does (torch fused stepping float32 masters); the param is then the master rounded to nearest;
+//  * stochastic rounding: the loop runs on float32 copies (the same float arithmetic as the bf16 loop), the states
+//    are stored rounded to nearest and the param stochastically;
+//  * clipping: the loop takes the grads multiplied by the clip coefficient and rounded to their dtype, as
+//    clip_grad_norm_'s _foreach_mul_ leaves them (the grads themselves are not written).
+// `run(p, g, s1, s2, s3, n, vec_end)` runs the loop over [0, n) of those pointers (states may be null).
+struct Extras {
+  float* master;
+  bool stochastic;
+  const double* clip;
+  uint64_t seed, rng_step, index;
+};
+
+template <class S, class Run>
+void staged_item(S* p, S* g, void* s1, void* s2, void* s3, int64_t numel, const Extras& x, const float* gs,
+                 int64_t begin, int64_t end, Run&& run) {
+  using T = opmath_of<S>;
+  const int64_t n = end - begin;
+  p += begin;
+  g += begin;
+  if constexpr (std::is_same_v<S, at::Half> || std::is_same_v<S, at::BFloat16>) {
+    if (x.master || x.stochastic) {
+      thread_local std::vector<float> buf;
+      buf.resize(size_t(n) * (x.master ? 1 : 5));
+      float* gf = buf.data();
+      for (int64_t j = 0; j < n; ++j) gf[j] = x.clip ? float(S(float(g[j]) * float(*x.clip))) : float(g[j]);
+      float* pf = x.master ? x.master + begin : gf + n;
+      float* f[3] = {nullptr, nullptr, nullptr};
+      void* states[3] = {s1, s2, s3};
+      for (int k = 0; k < 3; ++k) {
+        if (!states[k]) continue;
+        if (x.master) {
+          f[k] = static_cast<float*>(states[k]) + begin;
+        } else {
+          f[k] = pf + n * (k + 1);
+          const S* src = static_cast<S*>(states[k]) + begin;
+          for (int64_t j = 0; j < n; ++j) f[k][j] = float(src[j]);
+        }
+      }
+      if (!x.master)
+        for (int64_t j = 0; j < n; ++j) pf[j] = float(p[j]);
+      run(pf, gf, f[0], f[1], f[2], n, numel - numel % (vector_bytes() / 4) - begin);
+      if (gs)
+        for (int64_t j = 0; j < n; ++j) g[j] = S(gf[j]);  // unscaled in place, as torch does
+      if (x.master) {
+        for (int64_t j = 0; j < n; ++j) p[j] = S(pf[j]);
+        return;
+      }
+      for (int k = 0; k < 3; ++k)
+        if (states[k])
+          for (int64_t j = 0; j < n; ++j) static_cast<S*>(states[k])[begin + j] = S(f[k][j]);
+      for (int64_t j = 0; j < n; ++j) {
+        if constexpr (std::is_same_v<S, at::BFloat16>)
+          p[j] = round_stochastic(pf[j], random_bits(x.seed, x.index, x.rng_step, uint64_t(begin + j)));
+      }
+      return;
+    }
+  }
+  thread_local std::vector<S> clipped;
+  clipped.resize(size_t(n));
+  for (int64_t j = 0; j < n; ++j) clipped[j] = S(T(g[j]) * T(*x.clip));
+  auto offset = [&](void* q) { return q ? static_cast<S*>(q) + begin : nullptr; };
+  run(p, clipped.data(), offset(s1), offset(s2), offset(s3), n,
+      numel - numel % (vector_bytes() / int64_t(sizeof(S))) - begin);
+}
+
 // ------------------------------------------------------------------------------------------------ adam_step
 
 void adam_step_cpu(at::TensorList params, at::TensorList grads, at::TensorList exp_avgs, at::TensorList exp_avg_sqs,
-                   at::TensorList max_exp_avg_sqs, at::TensorList state_steps, const at::Tensor& sched_step,
-                   const at::Tensor& scratch, const at::Tensor& ints, const at::Tensor& vals,
-                   const at::Tensor& hparams, const c10::List<std::optional<at::Tensor>>& lr_tensors,
-                   at::IntArrayRef tensor_group, const std::optional<at::Tensor>& grad_scale,
-                   const std::optional<at::Tensor>& found_inf) {
-  const StepLists l{params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, state_steps, tensor_group, true};
+                   at::TensorList max_exp_avg_sqs, at::TensorList state_steps, at::TensorList masters,
+                   const at::Tensor& sched_step, const at::Tensor& scratch, const at::Tensor& ints,
+                   const at::Tensor& vals, const at::Tensor& hparams,
+                   const c10::List<std::optional<at::Tensor>>& lr_tensors, at::IntArrayRef tensor_group,
+                   const std::optional<at::Tensor>& grad_scale, const std::optional<at::Tensor>& found_inf,
+                   const std::optional<at::Tensor>& clip_coef, int64_t rng_seed) {
+  const StepLists l{params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, state_steps, masters, tensor_group, true};
   const std::vector<at::Tensor> used = begin_step(l, sched_step, scratch, ints, vals, hparams, lr_tensors, grad_scale,
-                                                  found_inf);
+                                                  found_inf, clip_coef);
   const size_t n = params.size();
   const double* sc = scratch.data_ptr<double>();
   const double* lrs = sc + kScratchLr;
@@ -247,21 +319,28 @@ void adam_step_cpu(at::TensorList params, at::TensorList grads, at::TensorList e
   if (sc[kScratchSkip] != 0.0 || n == 0) return;
   const double* hp = hparams.data_ptr<double>();
   const float* gs = optional_ptr(grad_scale);
+  const double* clip = (clip_coef.has_value() && clip_coef->defined()) ? clip_coef->data_ptr<double>() : nullptr;
   std::vector<AdamTensorArgs> args(n);
+  std::vector<Extras> extras(n);
   std::vector<int64_t> numels(n);
   for (size_t i = 0; i < n; ++i) {
     float* st = state_steps[i].data_ptr<float>();
-    const bool ams = hp[tensor_group[i] * kAdamCols + kAmsgrad] != 0.0;
-    if (*st == 0.0f) {  // a param's first step starts from zero states, whatever their memory holds
+    const double* h = hp + tensor_group[i] * kAdamCols;
+    const bool ams = h[kAmsgrad] != 0.0;
+    float* master = has_state(masters, i, params[i]) ? masters[i].data_ptr<float>() : nullptr;
+    if (*st == 0.0f) {  // a param's first step starts from zero states and its master from the param
       exp_avgs[i].zero_();
       exp_avg_sqs[i].zero_();
       if (ams) max_exp_avg_sqs[i].zero_();
+      if (master) masters[i].copy_(params[i]);
     }
     *st = *st + 1.0f;  // torch: _foreach_add_(state_steps, 1) before the update
     const int64_t numel = params[i].numel();
     const int64_t vw = vector_bytes() / int64_t(params[i].element_size());
     args[i] = {params[i].data_ptr(), used[i].data_ptr(), exp_avgs[i].data_ptr(), exp_avg_sqs[i].data_ptr(),
                ams ? max_exp_avg_sqs[i].data_ptr() : nullptr, numel, numel - numel % vw, tensor_group[i], *st};
+    extras[i] = {master, params[i].scalar_type() == at::kBFloat16 && !master && h[kStochastic] != 0.0, clip,
+                 uint64_t(rng_seed), uint64_t(*st), uint64_t(i)};
     numels[i] = numel;
   }
   const std::vector<Work> work = make_work(numels);
@@ -269,13 +348,22 @@ void adam_step_cpu(at::TensorList params, at::TensorList grads, at::TensorList e
     for (int64_t w = wb; w < we; ++w) {
       const Work& job = work[w];
       const AdamTensorArgs& t = args[job.tensor];
+      const Extras& x = extras[job.tensor];
       const double* h = hp + t.group * kAdamCols;
+      const bool adamw = h[kDecoupled] != 0.0;
       AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, params[job.tensor].scalar_type(), "adam_step_cpu",
                                       [&] {
         using T = opmath_of<scalar_t>;
         const auto s = adam_cpu_scalars<T>(lrs[t.group], beta1s[t.group], h[kBeta2], h[kEps], h[kWeightDecay],
                                            h[kAmsgrad] != 0.0, h[kMaximize] != 0.0, t.step);
-        adam_range_dispatch<scalar_t>(t, s, h[kDecoupled] != 0.0, gs, job.begin, job.end);
+        if (!x.master && !x.stochastic && !x.clip)
+          return adam_range_dispatch<scalar_t>(t, s, adamw, gs, job.begin, job.end);
+        staged_item(static_cast<scalar_t*>(t.p), static_cast<scalar_t*>(t.g), t.m, t.v, t.vmax, t.numel, x, gs,
+                    job.begin, job.end, [&](auto* p, auto* g, auto* m, auto* v, auto* vm, int64_t len, int64_t vec) {
+          using C = std::remove_pointer_t<decltype(p)>;
+          const AdamTensorArgs f{p, g, m, v, vm, len, vec, t.group, t.step};
+          adam_range_dispatch<C>(f, s, adamw, gs, 0, len);
+        });
       });
     }
   });
@@ -285,13 +373,15 @@ void adam_step_cpu(at::TensorList params, at::TensorList grads, at::TensorList e
 // ------------------------------------------------------------------------------------------------- sgd_step
 
 void sgd_step_cpu(at::TensorList params, at::TensorList grads, at::TensorList momentum_buffers,
-                  at::TensorList state_steps, const at::Tensor& sched_step, const at::Tensor& scratch,
-                  const at::Tensor& ints, const at::Tensor& vals, const at::Tensor& hparams,
-                  const c10::List<std::optional<at::Tensor>>& lr_tensors, at::IntArrayRef tensor_group,
-                  const std::optional<at::Tensor>& grad_scale, const std::optional<at::Tensor>& found_inf) {
-  const StepLists l{params, grads, momentum_buffers, {}, {}, state_steps, tensor_group, false};
+                  at::TensorList state_steps, at::TensorList masters, const at::Tensor& sched_step,
+                  const at::Tensor& scratch, const at::Tensor& ints, const at::Tensor& vals,
+                  const at::Tensor& hparams, const c10::List<std::optional<at::Tensor>>& lr_tensors,
+                  at::IntArrayRef tensor_group, const std::optional<at::Tensor>& grad_scale,
+                  const std::optional<at::Tensor>& found_inf, const std::optional<at::Tensor>& clip_coef,
+                  int64_t rng_seed) {
+  const StepLists l{params, grads, momentum_buffers, {}, {}, state_steps, masters, tensor_group, false};
   const std::vector<at::Tensor> used = begin_step(l, sched_step, scratch, ints, vals, hparams, lr_tensors, grad_scale,
-                                                  found_inf);
+                                                  found_inf, clip_coef);
   const size_t n = params.size();
   const double* sc = scratch.data_ptr<double>();
   const double* lrs = sc + kScratchLr;
@@ -299,13 +389,20 @@ void sgd_step_cpu(at::TensorList params, at::TensorList grads, at::TensorList mo
   if (sc[kScratchSkip] != 0.0 || n == 0) return;  // a skipped first step leaves the counter at 0: still "first"
   const double* hp = hparams.data_ptr<double>();
   const float* gs = optional_ptr(grad_scale);
+  const double* clip = (clip_coef.has_value() && clip_coef->defined()) ? clip_coef->data_ptr<double>() : nullptr;
   std::vector<int64_t> numels(n);
   std::vector<char> first(n);
+  std::vector<Extras> extras(n);
   for (size_t i = 0; i < n; ++i) {
     numels[i] = params[i].numel();
     float* st = state_steps[i].data_ptr<float>();
     first[i] = *st == 0.0f;
     *st = *st + 1.0f;
+    float* master = has_state(masters, i, params[i]) ? masters[i].data_ptr<float>() : nullptr;
+    if (first[i] && master) masters[i].copy_(params[i]);  // a master's first step starts from the param
+    extras[i] = {master, params[i].scalar_type() == at::kBFloat16 && !master &&
+                             hp[tensor_group[i] * kSgdCols + kStochastic] != 0.0,
+                 clip, uint64_t(rng_seed), uint64_t(*st), uint64_t(i)};
   }
   const std::vector<Work> work = make_work(numels);
   at::parallel_for(0, int64_t(work.size()), 1, [&](int64_t wb, int64_t we) {
@@ -315,14 +412,22 @@ void sgd_step_cpu(at::TensorList params, at::TensorList grads, at::TensorList mo
       const int64_t grp = tensor_group[i];
       const double* h = hp + grp * kSgdCols;
       const bool has_buf = has_state(momentum_buffers, i, params[i]);
+      void* buf = has_buf ? momentum_buffers[i].data_ptr() : nullptr;
+      const Extras& x = extras[i];
       AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, params[i].scalar_type(), "sgd_step_cpu", [&] {
         using T = opmath_of<scalar_t>;
         const auto s = sgd_scalars<T>(lrs[grp], has_buf ? momenta[grp] : 0.0, h[kDampening], h[kSgdWeightDecay],
                                       h[kNesterov] != 0.0, h[kSgdMaximize] != 0.0);
-        sgd_range_dispatch<scalar_t>(params[i].data_ptr(), used[i].data_ptr(),
-                                     has_buf ? momentum_buffers[i].data_ptr() : nullptr, first[i] != 0, s, gs,
-                                     job.begin, job.end,
-                                     numels[i] - numels[i] % (vector_bytes() / params[i].element_size()));
+        if (!x.master && !x.stochastic && !x.clip)
+          return sgd_range_dispatch<scalar_t>(params[i].data_ptr(), used[i].data_ptr(), buf, first[i] != 0, s, gs,
+                                              job.begin, job.end, numels[i] - numels[i] % (vector_bytes() /
+                                                                                         params[i].element_size()));
+        staged_item(static_cast<scalar_t*>(params[i].data_ptr()), static_cast<scalar_t*>(used[i].data_ptr()), buf,
+                    nullptr, nullptr, numels[i], x, gs, job.begin, job.end,
+                    [&](auto* p, auto* g, auto* b, auto*, auto*, int64_t len, int64_t vec) {
+          using C = std::remove_pointer_t<decltype(p)>;
+          sgd_range_dispatch<C>(p, g, b, first[i] != 0, s, gs, 0, len, vec);
+        });
       });
     }
   });

@@ -23,9 +23,9 @@ __global__ void __launch_bounds__(kSmallThreads) records_kernel(const __grid_con
   records_thread<S, kAdam>(a, int(threadIdx.x), int(blockDim.x));
 }
 
-template <class S, bool kAdam>
+template <class S, bool kAdam, bool kMaster>
 __global__ void __launch_bounds__(kThreads) update_kernel(const __grid_constant__ LaunchParams a) {
-  update_thread<S, kAdam>(a, int64_t(blockIdx.x), int(threadIdx.x), int(blockDim.x));
+  update_thread<S, kAdam, kMaster>(a, int64_t(blockIdx.x), int(threadIdx.x), int(blockDim.x));
 }
 
 struct CudaLauncher {
@@ -39,34 +39,37 @@ struct CudaLauncher {
     records_kernel<S, kAdam><<<1, kSmallThreads, 0, stream>>>(a);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   }
-  template <class S, bool kAdam>
+  template <class S, bool kAdam, bool kMaster>
   void update(const LaunchParams& a) {
-    update_kernel<S, kAdam><<<unsigned(a.n_blocks), kThreads, 0, stream>>>(a);
+    update_kernel<S, kAdam, kMaster><<<unsigned(a.n_blocks), kThreads, 0, stream>>>(a);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   }
 };
 
 void adam_step_cuda(at::TensorList params, at::TensorList grads, at::TensorList exp_avgs,
                     at::TensorList exp_avg_sqs, at::TensorList max_exp_avg_sqs, at::TensorList state_steps,
-                    const at::Tensor& sched_step, const at::Tensor& scratch, const at::Tensor& ints,
+                    at::TensorList masters, const at::Tensor& sched_step, const at::Tensor& scratch, const at::Tensor& ints,
                     const at::Tensor& vals, const at::Tensor& hparams,
                     const c10::List<std::optional<at::Tensor>>& lr_tensors, at::IntArrayRef tensor_group,
-                    const std::optional<at::Tensor>& grad_scale, const std::optional<at::Tensor>& found_inf) {
+                    const std::optional<at::Tensor>& grad_scale, const std::optional<at::Tensor>& found_inf,
+                    const std::optional<at::Tensor>& clip_coef, int64_t rng_seed) {
   const c10::cuda::CUDAGuard guard(sched_step.device());
   CudaLauncher launcher{c10::cuda::getCurrentCUDAStream(sched_step.device().index()).stream()};
-  run_multi_tensor_step(launcher, {params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, state_steps, tensor_group, true},
-                        sched_step, scratch, ints, vals, hparams, lr_tensors, grad_scale, found_inf);
+  run_multi_tensor_step(launcher,
+                        {params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, state_steps, masters, tensor_group, true},
+                        sched_step, scratch, ints, vals, hparams, lr_tensors, grad_scale, found_inf, clip_coef, rng_seed);
 }
 
 void sgd_step_cuda(at::TensorList params, at::TensorList grads, at::TensorList momentum_buffers,
-                   at::TensorList state_steps, const at::Tensor& sched_step, const at::Tensor& scratch,
+                   at::TensorList state_steps, at::TensorList masters, const at::Tensor& sched_step, const at::Tensor& scratch,
                    const at::Tensor& ints, const at::Tensor& vals, const at::Tensor& hparams,
                    const c10::List<std::optional<at::Tensor>>& lr_tensors, at::IntArrayRef tensor_group,
-                   const std::optional<at::Tensor>& grad_scale, const std::optional<at::Tensor>& found_inf) {
+                   const std::optional<at::Tensor>& grad_scale, const std::optional<at::Tensor>& found_inf,
+                   const std::optional<at::Tensor>& clip_coef, int64_t rng_seed) {
   const c10::cuda::CUDAGuard guard(sched_step.device());
   CudaLauncher launcher{c10::cuda::getCurrentCUDAStream(sched_step.device().index()).stream()};
-  run_multi_tensor_step(launcher, {params, grads, momentum_buffers, {}, {}, state_steps, tensor_group, false},
-                        sched_step, scratch, ints, vals, hparams, lr_tensors, grad_scale, found_inf);
+  run_multi_tensor_step(launcher, {params, grads, momentum_buffers, {}, {}, state_steps, masters, tensor_group, false},
+                        sched_step, scratch, ints, vals, hparams, lr_tensors, grad_scale, found_inf, clip_coef, rng_seed);
 }
 
 }  // namespace
