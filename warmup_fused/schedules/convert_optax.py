@@ -69,8 +69,10 @@ def _piecewise_constant(cells):
     table = cells["boundaries_and_scales"] or {}
     if not all(_int32(b) for b in table):
         return None
-    # The indicator of each threshold changes where the count reaches it.
-    return [(b, Pending(settle=0)) for b in sorted({0} | {b for b in table if b > 0})]
+    # The indicator of each threshold changes where the count reaches it, and for a negative threshold again
+    # where the int32 threshold - count wraps around.
+    changes = {b for b in table if b > 0} | {b + 2**31 + 1 for b in table if b < 0 and b + 2**31 + 1 <= INT32_MAX}
+    return [(b, Pending(settle=0)) for b in sorted({0} | changes)]
 
 
 def _interpolate(cells):
@@ -95,7 +97,7 @@ def _exponential_decay(cells):
 
 def _join(cells):
     schedules, boundaries = cells["schedules"], cells["boundaries"]
-    if not all(_int32(b) for b in boundaries):
+    if not all(_int32(b) and b >= 0 for b in boundaries):  # (the int32 step - boundary wraps for b < 0)
         return None
     phases = list(_phases(schedules[0]))
     for boundary, child in zip(boundaries, schedules[1:]):  # child(step - boundary) from step >= boundary on
