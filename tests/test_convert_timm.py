@@ -248,3 +248,12 @@ def test_verify_user_factory(tmp_path, monkeypatch, capsys):
     out = capsys.readouterr().out
     assert code == 0, out
     assert "1/1 schedules bit-exact over 300 steps" in out
+
+
+def test_huge_bounded_tables_need_a_horizon():
+    """1e6 cycles of 1000 steps are bounded, but tabling them whole (exact mode) would take 8 GB per group."""
+    sched = build("CosineLRScheduler", dict(t_initial=1000, cycle_limit=10**6), 0)
+    with pytest.raises(ValueError, match="horizon"):
+        from_torch(sched)
+    converted = from_torch(sched, horizon=N)
+    assert_bits_equal(converted.lr_at(range(N)), timm_loop(sched, N, None), "1e6 cycles")

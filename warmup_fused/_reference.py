@@ -186,13 +186,23 @@ def _import_keras():
     return importlib.import_module("keras")
 
 
-def _keras(cls: str, *args, **kw):
-    def factory(o, n):
-        schedules = _import_keras().optimizers.schedules
-        return getattr(schedules, cls)(*(a(n) if callable(a) else a for a in args),
-                                       **{k: (v(n) if callable(v) else v) for k, v in kw.items()})
+def _library(namespace: Callable[[], object]):
+    """Entry makers: ``name, *args, **kw`` -> ``factory(o, n) = namespace().name(*args, **kw)``, callable arguments
+    evaluated at the run's steps n (the optimizer unused: Keras's and optax's LRs are absolute)."""
+    def entry(name: str, *args, **kw):
+        def factory(o, n):
+            def at(v):
+                return v(n) if callable(v) else v
 
-    return factory
+            return getattr(namespace(), name)(*map(at, args), **{k: at(v) for k, v in kw.items()})
+
+        return factory
+
+    return entry
+
+
+_keras = _library(lambda: _import_keras().optimizers.schedules)
+_optax = _library(lambda: importlib.import_module("optax"))
 
 
 def _keras_entries():
@@ -211,16 +221,6 @@ def _keras_entries():
         "keras.InverseTimeDecay(staircase)": _keras("InverseTimeDecay", 1e-3, lambda n: max(1, n // 10), 0.5,
                                                     staircase=True),
     }
-
-
-def _optax(fn: str, *args, **kw):
-    def factory(o, n):
-        import optax
-
-        return getattr(optax, fn)(*(a(n) if callable(a) else a for a in args),
-                                  **{k: (v(n) if callable(v) else v) for k, v in kw.items()})
-
-    return factory
 
 
 def _optax_entries():

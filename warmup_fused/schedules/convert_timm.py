@@ -34,6 +34,7 @@ from .convert import _detached_copy, _first_step
 from .native import _hold
 
 _MAX_CYCLES = 4096  # cycle_mul != 1: a schedule with more cycles than this is recorded instead
+_MAX_TABLE = 2**24  # exact-mode table entries (8 bytes each) built without a horizon
 
 
 def is_timm_scheduler(obj) -> bool:
@@ -125,7 +126,8 @@ def _cycles(s, T: Expr, shift: int, body):
 
 
 def _k_powers(s, t_i):
-    """``t_curr ** k`` and ``t_i ** k``; None where an int k would make timm's exact int power exceed 2**53."""
+    """k_decay and the constant ``t_i ** k``; None where an int k would make timm's exact int power
+    ``t_curr ** k`` exceed 2**53 (the device's float pow is exact below)."""
     k = s.k_decay
     if not _real(k) or (_int(k) and abs(t_i ** k) >= MAX_STEP):
         return None
@@ -289,6 +291,12 @@ def from_timm(scheduler, *, horizon: int | None = None, exact: bool = True,
                           for b, e in _with_noise(s, phases)])
     horizon_t = None if horizon is None else -(-horizon // per_epoch)
     per_group = materialise(per_group, lambda ts: _record(s, ts), horizon_t, name)
+    if exact and horizon is None:  # bounded cos/tanh/pow phases are tabled whole: refuse an unreasonable size
+        tabled = sum(end - begin for phases in per_group for (begin, e), (end, _) in zip(phases, phases[1:])
+                     if isinstance(e, Expr) and e.transcendental)
+        if tabled > _MAX_TABLE:
+            raise ValueError(f"horizon: {name} computes cos/tanh/pow over {tabled:,} steps, which exact mode would "
+                             "table; pass horizon=<total training steps> to table only those")
     return Schedule(per_group, [float(v) for v in s.base_values], steps_per_epoch=per_epoch, horizon=horizon,
                     exact=exact, name=name)
 
