@@ -162,8 +162,9 @@ def _timm(cls: str, per_epoch: bool = False, **kw):
 
 def _timm_entries():
     return {
-        "timm.CosineLRScheduler(warmup)": _timm("CosineLRScheduler", t_initial=lambda n: max(1, n - _warm(n)), lr_min=1e-6,
-                                                warmup_t=_warm, warmup_lr_init=1e-6, warmup_prefix=True),
+        "timm.CosineLRScheduler(warmup)": _timm(
+            "CosineLRScheduler", t_initial=lambda n: max(1, n - _warm(n)), lr_min=1e-6, warmup_t=_warm,
+            warmup_lr_init=1e-6, warmup_prefix=True),
         "timm.CosineLRScheduler(cycles,k-decay,epochs)": _timm(
             "CosineLRScheduler", per_epoch=True, t_initial=lambda n: n // 7, lr_min=1e-6, cycle_mul=1.5,
             cycle_decay=0.8, cycle_limit=4, warmup_t=_warm, warmup_lr_init=1e-5, k_decay=1.5),
@@ -171,10 +172,11 @@ def _timm_entries():
                                               warmup_t=_warm, warmup_lr_init=1e-6),
         "timm.MultiStepLRScheduler": _timm("MultiStepLRScheduler", decay_t=lambda n: [n // 2, 3 * n // 4],
                                            decay_rate=0.1, warmup_t=_warm, warmup_lr_init=1e-6),
-        "timm.TanhLRScheduler": _timm("TanhLRScheduler", t_initial=lambda n: max(1, n // 2), lr_min=1e-6, cycle_limit=2,
-                                      warmup_t=_warm, warmup_lr_init=1e-6),
-        "timm.PolyLRScheduler": _timm("PolyLRScheduler", t_initial=lambda n: max(1, n - _warm(n)), power=0.9, lr_min=1e-6,
-                                      warmup_t=_warm, warmup_lr_init=1e-6, warmup_prefix=True),
+        "timm.TanhLRScheduler": _timm("TanhLRScheduler", t_initial=lambda n: max(1, n // 2), lr_min=1e-6,
+                                      cycle_limit=2, warmup_t=_warm, warmup_lr_init=1e-6),
+        "timm.PolyLRScheduler": _timm(
+            "PolyLRScheduler", t_initial=lambda n: max(1, n - _warm(n)), power=0.9, lr_min=1e-6, warmup_t=_warm,
+            warmup_lr_init=1e-6, warmup_prefix=True),
     }
 
 
