@@ -1,22 +1,32 @@
-"""Reference schedulers that ``python -m warmup_fused verify`` (and ``plot``) check ``from_torch`` against.
+"""Reference schedules that ``python -m warmup_fused verify`` (and ``plot``) check the converters against.
 
-Each entry is ``factory(optimizer, total_steps) -> scheduler``, built on a fresh optimizer right
-before use. The optimizer that ``make_optimizer`` returns has two param groups with different base
-LRs, so per-group handling is exercised too. Entries whose package is not installed are reported
-as skipped by ``available()``.
+Each entry is ``factory(optimizer, total_steps) -> reference``, built on a fresh optimizer right before use.
+A reference is any of
 
-User schedulers (``verify --scheduler package.module:factory``) follow the same protocol, except
-that the factory may take only the optimizer: ``factory(optimizer)`` or
-``factory(optimizer, total_steps)``; it must return a fresh, un-stepped
-``torch.optim.lr_scheduler.LRScheduler`` bound to that optimizer.
+* a torch ``LRScheduler`` bound to the optimizer (torch's, transformers', GradualWarmupScheduler, lambdas):
+  converted by ``from_torch``; its LRs are those of the loop ``record; opt.step(); sched.step()``;
+* a timm scheduler bound to the optimizer, or ``TimmEpochs(scheduler, steps_per_epoch)`` for an epoch-based
+  one: ``from_torch``; timm's loop (``step_update(k + 1)`` after update k, ``step(e + 1)`` after epoch e);
+* a Keras ``LearningRateSchedule`` (the optimizer unused): ``from_keras``; ``float(schedule(t))``;
+* an optax schedule function (the optimizer unused): ``from_optax``; ``jax.jit(schedule)(jnp.int32(t))``.
+
+``case(reference, total_steps)`` pairs a reference's conversion with its LRs. The optimizer that
+``make_optimizer`` returns has two param groups with different base LRs, so per-group handling is exercised
+too. Entries whose package is not installed are reported as skipped by ``missing_package``.
+
+User schedulers (``verify --scheduler package.module:factory``) follow the same protocol, except that the
+factory may take only the optimizer: ``factory(optimizer)`` or ``factory(optimizer, total_steps)``; it must
+return a fresh reference (a torch or timm scheduler un-stepped and bound to that optimizer).
 """
 from __future__ import annotations
 
 import importlib
 import inspect
+import os
+import sys
 import warnings
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Optional
 
 import torch
 from torch.optim import lr_scheduler as lrs
@@ -128,12 +138,120 @@ def _other_entries():
     }
 
 
-_REQUIRES = {"transformers.": "transformers", "warmup_scheduler.": "warmup_scheduler"}
+# ---------------------------------------------------------------- timm
+@dataclass
+class TimmEpochs:
+    """An epoch-based timm scheduler (``t_in_epochs=True``) and the optimizer steps in each of its epochs."""
+
+    scheduler: object
+    steps_per_epoch: int
+
+
+def _timm(cls: str, per_epoch: bool = False, **kw):
+    """An update-based timm scheduler over the run, or an epoch-based one over 50 epochs of the run."""
+    def factory(o, n):
+        from timm import scheduler as ts
+
+        units = 50 if per_epoch else n
+        sched = getattr(ts, cls)(o, t_in_epochs=per_epoch, **{k: (v(units) if callable(v) else v)
+                                                               for k, v in kw.items()})
+        return TimmEpochs(sched, max(1, n // units)) if per_epoch else sched
+
+    return factory
+
+
+def _timm_entries():
+    return {
+        "timm.CosineLRScheduler(warmup)": _timm(
+            "CosineLRScheduler", t_initial=lambda n: max(1, n - _warm(n)), lr_min=1e-6, warmup_t=_warm,
+            warmup_lr_init=1e-6, warmup_prefix=True),
+        "timm.CosineLRScheduler(cycles,k-decay,epochs)": _timm(
+            "CosineLRScheduler", per_epoch=True, t_initial=lambda n: n // 7, lr_min=1e-6, cycle_mul=1.5,
+            cycle_decay=0.8, cycle_limit=4, warmup_t=_warm, warmup_lr_init=1e-5, k_decay=1.5),
+        "timm.StepLRScheduler(epochs)": _timm("StepLRScheduler", per_epoch=True, decay_t=2.4, decay_rate=0.97,
+                                              warmup_t=_warm, warmup_lr_init=1e-6),
+        "timm.MultiStepLRScheduler": _timm("MultiStepLRScheduler", decay_t=lambda n: [n // 2, 3 * n // 4],
+                                           decay_rate=0.1, warmup_t=_warm, warmup_lr_init=1e-6),
+        "timm.TanhLRScheduler": _timm("TanhLRScheduler", t_initial=lambda n: max(1, n // 2), lr_min=1e-6,
+                                      cycle_limit=2, warmup_t=_warm, warmup_lr_init=1e-6),
+        "timm.PolyLRScheduler": _timm(
+            "PolyLRScheduler", t_initial=lambda n: max(1, n - _warm(n)), power=0.9, lr_min=1e-6, warmup_t=_warm,
+            warmup_lr_init=1e-6, warmup_prefix=True),
+    }
+
+
+# ---------------------------------------------------------------- Keras and optax (absolute LRs, one group)
+def _import_keras():
+    """keras, on the torch backend unless KERAS_BACKEND or an earlier import chose another one."""
+    if "keras" not in sys.modules:
+        os.environ.setdefault("KERAS_BACKEND", "torch")
+    return importlib.import_module("keras")
+
+
+def _library(namespace: Callable[[], object]):
+    """Entry makers: ``name, *args, **kw`` -> ``factory(o, n) = namespace().name(*args, **kw)``, callable arguments
+    evaluated at the run's steps n (the optimizer unused: Keras's and optax's LRs are absolute)."""
+    def entry(name: str, *args, **kw):
+        def factory(o, n):
+            def at(v):
+                return v(n) if callable(v) else v
+
+            return getattr(namespace(), name)(*map(at, args), **{k: at(v) for k, v in kw.items()})
+
+        return factory
+
+    return entry
+
+
+_keras = _library(lambda: _import_keras().optimizers.schedules)
+_optax = _library(lambda: importlib.import_module("optax"))
+
+
+def _keras_entries():
+    return {
+        "keras.CosineDecay(warmup)": _keras("CosineDecay", 0.0, lambda n: max(1, n - _warm(n)), alpha=0.01,
+                                            warmup_target=1e-3, warmup_steps=_warm),
+        "keras.CosineDecayRestarts": _keras("CosineDecayRestarts", 1e-3, lambda n: max(1, n // 7), t_mul=2.0,
+                                            m_mul=0.8, alpha=0.01),
+        "keras.ExponentialDecay(staircase)": _keras("ExponentialDecay", 1e-3, lambda n: max(1, n // 20), 0.9,
+                                                    staircase=True),
+        "keras.PiecewiseConstantDecay": _keras("PiecewiseConstantDecay", lambda n: [n // 2, 3 * n // 4],
+                                               [1e-3, 1e-4, 1e-5]),
+        "keras.PolynomialDecay(cycle)": _keras("PolynomialDecay", 1e-3, lambda n: max(1, n // 3), 1e-5, power=2.0,
+                                               cycle=True),
+        "keras.InverseTimeDecay": _keras("InverseTimeDecay", 1e-3, lambda n: max(1, n // 10), 0.5),
+        "keras.InverseTimeDecay(staircase)": _keras("InverseTimeDecay", 1e-3, lambda n: max(1, n // 10), 0.5,
+                                                    staircase=True),
+    }
+
+
+def _optax_entries():
+    return {
+        "optax.warmup_cosine_decay_schedule": _optax("warmup_cosine_decay_schedule", 0.0, 1e-3, _warm,
+                                                     lambda n: max(n, _warm(n) + 1),
+                                                     end_value=1e-6),
+        "optax.linear_schedule": _optax("linear_schedule", 1e-3, 1e-6, lambda n: n - _warm(n),
+                                        transition_begin=_warm),
+        "optax.polynomial_schedule": _optax("polynomial_schedule", 1e-3, 1e-6, 2, lambda n: n),
+        "optax.exponential_decay": _optax("exponential_decay", 1e-3, lambda n: max(1, n // 20), 0.9,
+                                          transition_begin=_warm, staircase=True, end_value=1e-5),
+        "optax.piecewise_constant_schedule": _optax("piecewise_constant_schedule", 1e-3,
+                                                    lambda n: {n // 2: 0.1, 3 * n // 4: 0.1}),
+        "optax.linear_onecycle_schedule": _optax("linear_onecycle_schedule", lambda n: n, 1e-3),
+        "optax.cosine_onecycle_schedule": _optax("cosine_onecycle_schedule", lambda n: n, 1e-3),
+        "optax.warmup_exponential_decay_schedule": _optax("warmup_exponential_decay_schedule", 0.0, 1e-3, _warm,
+                                                          lambda n: max(1, n // 20), 0.9),
+    }
+
+
+_REQUIRES = {"transformers.": "transformers", "warmup_scheduler.": "warmup_scheduler", "timm.": "timm",
+             "keras.": "keras", "optax.": "optax"}
 
 
 def registry() -> dict[str, Callable]:
     """name -> factory(optimizer, total_steps), every entry whether or not its package is installed."""
-    return {**_torch_entries(), **_transformers_entries(), **_other_entries()}
+    return {**_torch_entries(), **_transformers_entries(), **_other_entries(), **_timm_entries(),
+            **_keras_entries(), **_optax_entries()}
 
 
 def missing_package(name: str) -> str | None:
@@ -141,7 +259,7 @@ def missing_package(name: str) -> str | None:
     for prefix, pkg in _REQUIRES.items():
         if name.startswith(prefix):
             try:
-                importlib.import_module(pkg)
+                _import_keras() if pkg == "keras" else importlib.import_module(pkg)
             except ImportError:
                 return pkg
     return None
@@ -187,6 +305,77 @@ def load_user_factory(spec: str) -> UserFactory:
     return UserFactory(spec, obj)
 
 
+# ---------------------------------------------------------------- a reference and its conversion
+@dataclass
+class Case:
+    """A reference's conversion and its LRs (float64 ``[groups, steps]``). Convert before ``lrs()``: the torch
+    and timm loops step the scheduler, and conversion records from step 0."""
+
+    _convert: Callable[[], object]
+    lrs: Callable[[], torch.Tensor]
+    _exact: Optional[object] = None
+
+    def convert(self, exact: bool = True):
+        """The converted Schedule; ``exact=False``: the same phases without exact-mode tables (no new recording)."""
+        if self._exact is None:
+            self._exact = self._convert()
+        s = self._exact
+        if exact:
+            return s
+        from .schedules import Schedule
+
+        return Schedule(s._phases, s.base_lrs, steps_per_epoch=s.steps_per_epoch, horizon=s.horizon, exact=False,
+                        name=s.name)
+
+
+def case(reference, steps: int) -> Case:
+    """The conversion and the reference LRs of what a registry (or user) factory returned, over ``steps`` steps."""
+    from .schedules import from_keras, from_optax, from_torch
+    from .schedules.convert_keras import _is_schedule as is_keras_schedule
+    from .schedules.convert_timm import is_timm_scheduler
+
+    if isinstance(reference, TimmEpochs) or is_timm_scheduler(reference):
+        sched, per_epoch = ((reference.scheduler, reference.steps_per_epoch) if isinstance(reference, TimmEpochs)
+                            else (reference, None))
+        return Case(lambda: from_torch(sched, horizon=steps, steps_per_epoch=per_epoch),
+                    lambda: timm_lrs(sched, steps, per_epoch))
+    if is_keras_schedule(reference):
+        return Case(lambda: from_keras(reference, horizon=steps),
+                    lambda: torch.tensor([[float(reference(t)) for t in range(steps)]], dtype=torch.float64))
+    if hasattr(reference, "optimizer"):  # a torch scheduler (from_torch says which it refuses)
+        return Case(lambda: from_torch(reference, horizon=steps), lambda: reference_lrs(reference, steps))
+    if callable(reference):
+        return Case(lambda: from_optax(reference, horizon=steps), lambda: optax_lrs(reference, steps))
+    raise TypeError(f"a reference factory returned {type(reference).__name__}: expected a torch or timm scheduler, "
+                    "a Keras LearningRateSchedule or an optax schedule")
+
+
+def timm_lrs(scheduler, steps: int, steps_per_epoch: int | None = None) -> torch.Tensor:
+    """timm's training loop: ``lr[g, k]`` during update k, then ``opt.step(); step_update(k + 1)`` and at the end
+    of every epoch ``step(epoch + 1)`` (every ``steps_per_epoch`` updates; epoch-based schedulers)."""
+    opt = scheduler.optimizer
+    rows = [[0.0] * steps for _ in opt.param_groups]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for k in range(steps):
+            for g, group in enumerate(opt.param_groups):
+                rows[g][k] = float(group["lr"])
+            opt.step()
+            scheduler.step_update(num_updates=k + 1)
+            if steps_per_epoch and (k + 1) % steps_per_epoch == 0:
+                scheduler.step(epoch=(k + 1) // steps_per_epoch)
+    return torch.tensor(rows, dtype=torch.float64)
+
+
+def optax_lrs(schedule, steps: int) -> torch.Tensor:
+    """``jax.jit(schedule)(jnp.int32(t))``: the LR optax's jitted update computes from its int32 count."""
+    import jax
+    import jax.numpy as jnp
+
+    f = jax.jit(schedule)
+    return torch.tensor([[float(f(jnp.int32(t))) for t in range(steps)]], dtype=torch.float64)
+
+
 def reference_lrs(scheduler, steps: int) -> torch.Tensor:
     """The reference loop: ``lr[g, t] = opt.param_groups[g]['lr']`` during iteration t, then
     ``opt.step(); sched.step()``. float64 ``[groups, steps]``. The scheduler is not stepped after the
@@ -209,5 +398,5 @@ def reference_lrs(scheduler, steps: int) -> torch.Tensor:
     return out
 
 
-__all__ = ["registry", "make_optimizer", "reference_lrs", "load_user_factory", "missing_package",
-           "torchvision_warmup_lr_scheduler", "BASE_LRS"]
+__all__ = ["registry", "make_optimizer", "case", "Case", "TimmEpochs", "reference_lrs", "timm_lrs", "optax_lrs",
+           "load_user_factory", "missing_package", "torchvision_warmup_lr_scheduler", "BASE_LRS"]

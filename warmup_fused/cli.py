@@ -127,19 +127,18 @@ def cmd_info(args) -> int:
 # ------------------------------------------------------------------ verify
 def verify_one(name: str, factory, steps: int, device: str) -> dict:
     """Runs the reference loop and the converted schedule; returns one result row."""
-    from warmup_fused import _reference, from_torch
+    from warmup_fused import _reference
 
     row = {"schedule": name, "steps": steps, "groups": None, "mismatches": None, "max_ulp": None,
            "table_bytes": None, "device": device, "error": None}
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            opt = _reference.make_optimizer()
-            sched = factory(opt, steps)
-            converted = from_torch(sched, horizon=steps)  # before the loop: it records from step 0
+            case = _reference.case(factory(_reference.make_optimizer(), steps), steps)
+            converted = case.convert()  # before the loop: it records from step 0
             # Fast mode: no tables, the device's own cos/pow/exp (its deviation is what we measure here).
-            fast = from_torch(sched, horizon=steps, exact=False)
-        ref = _reference.reference_lrs(sched, steps)
+            fast = case.convert(exact=False)
+        ref = case.lrs()
         got = converted.lr_at(range(steps), device).cpu()
         if tuple(got.shape) != tuple(ref.shape):
             raise RuntimeError(f"shape {tuple(got.shape)} from lr_at, reference has {tuple(ref.shape)}")
@@ -234,14 +233,14 @@ def _native_schedule(spec: str):
     else:
         return None
     if fn_name.startswith("_") or fn_name not in getattr(schedules, "__all__", ()) or fn_name in (
-            "Schedule", "Recorded", "from_torch", "MAX_STEP"):
+            "Schedule", "Recorded", "from_torch", "from_keras", "from_optax", "linear_scaling", "MAX_STEP"):
         return None
     return getattr(schedules, fn_name)(*args, **kwargs)
 
 
 def resolve_schedule(spec: str, steps: int):
     """A registry name (exact or unique substring), a native constructor call, or module:factory."""
-    from warmup_fused import _reference, from_torch
+    from warmup_fused import _reference
 
     reg = _reference.registry()
     factory = reg.get(spec)
@@ -256,7 +255,7 @@ def resolve_schedule(spec: str, steps: int):
     if factory is not None:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            return spec, from_torch(factory(_reference.make_optimizer(), steps), horizon=steps)
+            return spec, _reference.case(factory(_reference.make_optimizer(), steps), steps).convert()
     native = _native_schedule(spec)
     if native is None:
         raise ValueError(f"--schedule {spec!r}: not a registry name (see `verify --list`), a native constructor "

@@ -6,7 +6,11 @@
 """
 from ._schedule import MAX_STEP, Recorded, Schedule
 from .convert import from_torch
+from .convert_keras import from_keras
+from .convert_optax import from_optax
 from .native import *  # noqa: F401,F403
 from .native import __all__ as _native_all
+from .scaling import linear_scaling
 
-__all__ = ["Schedule", "Recorded", "from_torch", "MAX_STEP", *_native_all]
+__all__ = ["Schedule", "Recorded", "from_torch", "from_keras", "from_optax", "linear_scaling", "MAX_STEP",
+           *_native_all]

@@ -264,15 +264,24 @@ def _base_lrs(sched) -> list[float]:
                                                           for g in sched.optimizer.param_groups])]
 
 
-def from_torch(scheduler, *, horizon: int | None = None, exact: bool = True) -> Schedule:
+def from_torch(scheduler, *, horizon: int | None = None, exact: bool = True,
+               steps_per_epoch: int | None = None) -> Schedule:
     """A Schedule equal, bit for bit, to ``scheduler``'s ``param_group['lr']`` at every step.
 
     Step t means iteration t of ``for t ...: opt.step(); sched.step()`` (t = sched.last_epoch).
     ``horizon`` (steps) bounds recording for schedulers that are not closed-form; past it the last
     recorded value holds. Closed-form conversions use it only to size exact-mode tables.
+    timm's schedulers are converted by ``convert_timm.from_timm`` (``steps_per_epoch`` is theirs).
     """
     if horizon is not None and (isinstance(horizon, bool) or not isinstance(horizon, int) or horizon < 1):
         raise ValueError(f"horizon must be None or an int >= 1, got {horizon!r}")
+    from .convert_timm import from_timm, is_timm_scheduler
+
+    if is_timm_scheduler(scheduler):
+        return from_timm(scheduler, horizon=horizon, exact=exact, steps_per_epoch=steps_per_epoch)
+    if steps_per_epoch is not None:
+        raise ValueError("steps_per_epoch applies to timm's epoch-based schedulers; a torch scheduler is "
+                         "converted per scheduler.step()")
     if isinstance(scheduler, lrs.ReduceLROnPlateau):  # an LRScheduler subclass in recent torch
         raise TypeError("scheduler: ReduceLROnPlateau depends on metrics, not on the step; it cannot be "
                         "computed on the device")
