@@ -1,0 +1,219 @@
+"""Migrating from torch.optim: every way a torch training loop sets the LR trains bit-identically to
+torch.optim.*(fused=True) on CPU.
+
+Each test runs our optimizer and torch's fused one on twin models fed the same fresh random grads, and checks
+at every step that ``param_groups`` show the same LR (and beta1 / momentum) before the step, that the step used
+it (``last_lr()``), and every few steps that params and optimizer states are equal (``torch.equal``).
+
+On an AVX-512 machine run with ATEN_CPU_CAPABILITY=avx2 until the CPU kernels' AVX-512 parity fix is merged.
+"""
+from __future__ import annotations
+
+import copy
+import io
+import struct
+import warnings
+
+import pytest
+import torch
+from torch.optim import lr_scheduler as lrs
+
+import warmup_fused
+from warmup_fused import from_torch, schedules
+from warmup_fused._ops import LAYOUT
+
+SCHEDULE = LAYOUT["lr_from_schedule"]
+OPTIMIZERS = ["AdamW", "Adam", "SGD"]
+BASE_LR = {"AdamW": 3e-3, "Adam": 3e-3, "SGD": 0.05}
+HPARAMS = {  # weight decay everywhere, so a dropped hyperparameter shows
+    "AdamW": dict(betas=(0.9, 0.99), weight_decay=0.1),
+    "Adam": dict(betas=(0.9, 0.99), weight_decay=0.01),
+    "SGD": dict(momentum=0.9, weight_decay=1e-3),
+}
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny tensors: extra threads only cost time on shared cores (results do not depend on them)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def bits(x) -> bytes:
+    return struct.pack("<d", float(x))
+
+
+class MLP(torch.nn.Module):
+    """Odd-sized params (no multiple of a vector width)."""
+
+    def __init__(self):
+        super().__init__()
+        self.l1 = torch.nn.Linear(13, 37)
+        self.l2 = torch.nn.Linear(37, 5)
+
+    def forward(self, x):
+        return self.l2(torch.tanh(self.l1(x)))
+
+
+def groups(model: MLP, lr: float) -> list:
+    """Two param groups with different LRs: schedules must scale each group's own base LR."""
+    return [{"params": model.l1.parameters()}, {"params": model.l2.parameters(), "lr": lr * 0.3}]
+
+
+def momentum(group: dict):
+    return group["betas"][0] if "betas" in group else group["momentum"]
+
+
+class Twins:
+    """Our optimizer and torch's fused one (same class name, same arguments) on twin models."""
+
+    def __init__(self, name: str, seed: int = 0, lr=None, ours_kw=None, **kw):
+        torch.manual_seed(seed)
+        self.model = MLP()
+        self.twin = copy.deepcopy(self.model)
+        kw = {**HPARAMS[name], **kw}
+        lr = BASE_LR[name] if lr is None else lr
+        self.ours = getattr(warmup_fused, name)(groups(self.model, lr), lr=lr, **kw, **(ours_kw or {}))
+        self.ref = getattr(torch.optim, name)(groups(self.twin, lr), lr=lr, fused=True, **kw)
+        self.gen = torch.Generator().manual_seed(seed + 1000)
+        self.t = 0
+
+    def grads(self) -> None:
+        for p, q in zip(self.model.parameters(), self.twin.parameters()):
+            g = torch.randn(p.shape, generator=self.gen)
+            p.grad, q.grad = g.clone(), g.clone()
+
+    def step(self, check_every: int = 4) -> None:
+        """One step of both, checking what param_groups show before it and the LR the step used."""
+        self.grads()
+        self.assert_groups_show_the_same()
+        used = [float(g["lr"]) for g in self.ref.param_groups]
+        self.ours.step()
+        self.ref.step()
+        self.t += 1
+        assert [bits(v) for v in self.ours.last_lr().tolist()] == [bits(v) for v in used], \
+            f"step {self.t}: LR {self.ours.last_lr().tolist()} vs torch {used}"
+        if self.t % check_every == 0:
+            self.assert_same()
+
+    def assert_groups_show_the_same(self) -> None:
+        for g, (a, b) in enumerate(zip(self.ours.param_groups, self.ref.param_groups)):
+            assert bits(a["lr"]) == bits(b["lr"]), f"before step {self.t + 1}, group {g}: lr {a['lr']} vs {b['lr']}"
+            assert bits(momentum(a)) == bits(momentum(b)), \
+                f"before step {self.t + 1}, group {g}: beta1/momentum {momentum(a)} vs {momentum(b)}"
+
+    def assert_same(self) -> None:
+        assert_same(self.model, self.ours, self.twin, self.ref, f"step {self.t}:")
+
+
+def assert_same(model, ours, twin, ref, where="") -> None:
+    for (name, p), q in zip(model.named_parameters(), twin.parameters()):
+        assert torch.equal(p, q), f"{where} param {name}: max |diff| {(p - q).abs().max().item()}"
+        so, sr = ours.state[p], ref.state[q]
+        assert set(so) == set(sr), f"{where} {name}: state keys {sorted(so)} vs {sorted(sr)}"
+        for k in sr:
+            assert so[k].dtype == sr[k].dtype and torch.equal(so[k], sr[k]), f"{where} {name} state {k}"
+
+
+# ------------------------------------------------------------------------------------------------ schedulers
+STEPS = 16
+
+
+def _plateau_metric(t: int) -> float:
+    """Improves every 5 steps and stalls in between: ReduceLROnPlateau(patience=1) cuts the LR several times."""
+    return 1.0 - 0.1 * (t // 5)
+
+
+def _gradual(opt, after: bool):
+    GradualWarmupScheduler = pytest.importorskip("warmup_scheduler").GradualWarmupScheduler
+    if after:
+        return GradualWarmupScheduler(opt, multiplier=2.0, total_epoch=5, after_scheduler=lrs.StepLR(opt, 3, 0.5))
+    return GradualWarmupScheduler(opt, multiplier=1.0, total_epoch=6)
+
+
+def _hf(name):
+    def make(opt):
+        return getattr(pytest.importorskip("transformers"), name)(opt, num_warmup_steps=5, num_training_steps=STEPS)
+    return make
+
+
+# name -> scheduler factory on an optimizer; each runs STEPS steps
+SCHEDULERS = {
+    "LinearLR": lambda o: lrs.LinearLR(o, start_factor=0.1, total_iters=8),
+    "SequentialLR": lambda o: lrs.SequentialLR(
+        o, [lrs.LinearLR(o, 0.01, 1.0, 5), lrs.CosineAnnealingLR(o, STEPS - 5, 1e-5)], milestones=[5]),
+    "OneCycleLR": lambda o: lrs.OneCycleLR(o, max_lr=[0.01, 0.02] if "betas" in o.defaults else [0.1, 0.2],
+                                           total_steps=STEPS + 1, cycle_momentum=True),
+    "CyclicLR": lambda o: lrs.CyclicLR(o, base_lr=1e-3, max_lr=[0.01, 0.03], step_size_up=3, mode="triangular2",
+                                       cycle_momentum=True, base_momentum=0.8, max_momentum=0.9),
+    "LambdaLR": lambda o: lrs.LambdaLR(o, lambda s: 0.9 ** s * min(1.0, (s + 1) / 4)),
+    "ReduceLROnPlateau": lambda o: lrs.ReduceLROnPlateau(o, factor=0.5, patience=1, threshold=0.0),
+    "hf_cosine": _hf("get_cosine_schedule_with_warmup"),
+    "hf_linear": _hf("get_linear_schedule_with_warmup"),
+    "GradualWarmup+StepLR": lambda o: _gradual(o, after=True),
+    "GradualWarmup": lambda o: _gradual(o, after=False),
+}
+CYCLES_MOMENTUM = ("OneCycleLR", "CyclicLR")
+RECURSIVE = ("LinearLR", "SequentialLR", "GradualWarmup+StepLR")  # torch's chainable form: lr = f(group['lr'])
+
+
+def step_scheduler(sched, t: int) -> None:
+    if isinstance(sched, lrs.ReduceLROnPlateau):
+        sched.step(_plateau_metric(t))
+    else:
+        sched.step()
+
+
+def _momentum_dropped(request, sched_name: str) -> None:
+    if sched_name in CYCLES_MOMENTUM:
+        request.applymarker(pytest.mark.xfail(strict=True, reason=(
+            "from_torch records only the LR: OneCycleLR/CyclicLR(cycle_momentum=True) convert to a schedule "
+            "without a momentum channel (has_momentum False), so once the torch scheduler stops writing "
+            "param_groups, beta1/momentum stay at their last host value instead of cycling (a silently dropped "
+            "hyperparameter; graph replays would not cycle it either)")))
+
+
+# ReduceLROnPlateau depends on a metric: it stays on the host (from_torch refuses it, tested below).
+ROUTES = [(route, s) for route in ("scheduler", "converted", "device") for s in SCHEDULERS
+          if route == "scheduler" or s != "ReduceLROnPlateau"]
+
+
+@pytest.mark.filterwarnings("ignore:To get the last learning rate")  # GradualWarmupScheduler calls get_lr()
+@pytest.mark.parametrize("name", OPTIMIZERS)
+@pytest.mark.parametrize("route, sched_name", ROUTES, ids=[f"{r}-{s}" for r, s in ROUTES])
+def test_torch_scheduler_on_our_optimizer(request, route, sched_name, name):
+    """scheduler: built on our optimizer and stepped every iteration, nothing else changed.
+    converted: the same, plus opt.set_schedule(from_torch(sched)) right after construction, the scheduler still
+    stepping (must change nothing). device: converted, then the scheduler is no longer stepped: the device
+    schedule alone gives every LR, and param_groups still show torch's values."""
+    if route == "device":
+        _momentum_dropped(request, sched_name)
+    if route == "converted" and sched_name in RECURSIVE:
+        request.applymarker(pytest.mark.xfail(strict=True, reason=(
+            "step() shows the NEXT step's LR in param_groups at once, but torch's chainable schedulers (LinearLR, "
+            "StepLR, CosineAnnealingLR, SequentialLR's children, ...) compute lr_{t+1} = f(group['lr']) in their "
+            "step(), expecting group['lr'] to still be lr_t as torch leaves it after optimizer.step(): they apply "
+            "f twice, write f(lr_{t+1}) != the schedule's lr_{t+1}, and the group silently leaves the schedule "
+            "at that wrong LR")))
+    tw = Twins(name, seed=len(sched_name))
+    make = SCHEDULERS[sched_name]
+    ours_sched, ref_sched = make(tw.ours), make(tw.ref)
+    if route != "scheduler":
+        tw.ours.set_schedule(from_torch(ours_sched, horizon=STEPS + 1))
+    for t in range(STEPS):
+        tw.step()
+        step_scheduler(ref_sched, t)
+        if route != "device":
+            step_scheduler(ours_sched, t)
+    tw.assert_groups_show_the_same()
+    tw.assert_same()
+    if route != "scheduler":  # the scheduler's writes repeated what the schedule shows: it still rules
+        assert [s.lr_mode for s in tw.ours._sources] == [SCHEDULE, SCHEDULE]
+
+
+def test_from_torch_refuses_reduce_lr_on_plateau():
+    opt = warmup_fused.SGD([torch.zeros(3, requires_grad=True)], lr=0.1)
+    with pytest.raises(TypeError, match="ReduceLROnPlateau"):
+        from_torch(lrs.ReduceLROnPlateau(opt))
