@@ -69,14 +69,14 @@ def momentum(group: dict):
 class Twins:
     """Our optimizer and torch's fused one (same class name, same arguments) on twin models."""
 
-    def __init__(self, name: str, seed: int = 0, lr=None, ours_kw=None, **kw):
+    def __init__(self, name: str, seed: int = 0, lr=None, ours_kw=None, ref_name=None, **kw):
         torch.manual_seed(seed)
         self.model = MLP()
         self.twin = copy.deepcopy(self.model)
         kw = {**HPARAMS[name], **kw}
         lr = BASE_LR[name] if lr is None else lr
         self.ours = getattr(warmup_fused, name)(groups(self.model, lr), lr=lr, **kw, **(ours_kw or {}))
-        self.ref = getattr(torch.optim, name)(groups(self.twin, lr), lr=lr, fused=True, **kw)
+        self.ref = getattr(torch.optim, ref_name or name)(groups(self.twin, lr), lr=lr, fused=True, **kw)
         self.gen = torch.Generator().manual_seed(seed + 1000)
         self.t = 0
 
@@ -414,3 +414,80 @@ def test_resume_our_checkpoint_in_torch(name, recipe, refused):
             if s is not None:
                 s.step()
     tw.assert_same()
+
+
+# -------------------------------------------------------------------------------------- torch's constructor
+@pytest.mark.parametrize("name, switch", [
+    (n, sw) for n in OPTIMIZERS for sw in (dict(fused=True), dict(fused=False), dict(foreach=True),
+                                           dict(foreach=False), dict(capturable=True), dict(differentiable=False))
+    if not (n == "SGD" and "capturable" in sw)], ids=str)
+def test_implementation_switches_are_accepted_and_change_nothing(name, switch):
+    tw = Twins(name, seed=8, ours_kw=switch)
+    for _ in range(6):
+        tw.step(check_every=3)
+
+
+@pytest.mark.parametrize("name", OPTIMIZERS)
+def test_differentiable_is_refused(name):
+    with pytest.raises(ValueError, match="differentiable"):
+        getattr(warmup_fused, name)([torch.zeros(3, requires_grad=True)], lr=0.1, differentiable=True)
+
+
+@pytest.mark.parametrize("name", OPTIMIZERS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_tensor_lr_read_every_step(name, dtype):
+    """A Tensor lr, as torch: in-place edits of it take effect at the next step, and a torch scheduler fills it."""
+    lr = torch.tensor(BASE_LR[name], dtype=dtype)
+    tw = Twins(name, seed=9, lr=lr)  # group 0 shares the tensor in both optimizers; group 1 has one each
+    assert tw.ours.param_groups[0]["lr"] is lr
+    for t in range(12):
+        if t == 3:
+            lr.mul_(0.5)
+        if t == 6:
+            for opt in (tw.ours, tw.ref):
+                opt.param_groups[1]["lr"].fill_(0.0123)
+        if t == 8:
+            scheds = [lrs.LinearLR(o, 0.5, 1.0, 3) for o in (tw.ours, tw.ref)]
+        tw.step(check_every=3)
+        if t >= 8:
+            for s in scheds:
+                s.step()
+    assert tw.ours.param_groups[0]["lr"] is lr
+
+
+STALE_MOMENTUM = pytest.mark.xfail(strict=True, reason=(
+    "an in-place edit of a Tensor beta1 / SGD momentum is ignored: _read_tensor_hparams rewrites the group's "
+    "row at every step, but _row() takes the momentum column from _sources[g].host_mom, a float copied when "
+    "the group was created or last written through param_groups, instead of reading the tensor again as "
+    "spec.row() does for eps, weight_decay and beta2"))
+TENSOR_HPARAMS = [
+    ("AdamW", "weight_decay"), ("AdamW", "beta2"), pytest.param("AdamW", "beta1", marks=STALE_MOMENTUM),
+    ("Adam", "weight_decay"), ("Adam", "beta2"), pytest.param("Adam", "beta1", marks=STALE_MOMENTUM),
+    ("SGD", "weight_decay"), pytest.param("SGD", "momentum", marks=STALE_MOMENTUM),
+]
+
+
+@pytest.mark.parametrize("name, edited", TENSOR_HPARAMS)
+def test_tensor_hyperparameters_read_every_step(name, edited):
+    """Tensor betas, momentum and weight_decay, as torch: read at every step, so in-place edits take effect."""
+    tensors = {"weight_decay": torch.tensor(0.05)}
+    if name == "SGD":
+        tensors["momentum"] = torch.tensor(0.9)
+        kw = dict(momentum=tensors["momentum"], weight_decay=tensors["weight_decay"])
+    else:
+        tensors["beta1"], tensors["beta2"] = torch.tensor(0.9), torch.tensor(0.99)
+        kw = dict(betas=(tensors["beta1"], tensors["beta2"]), weight_decay=tensors["weight_decay"])
+    tw = Twins(name, seed=10, **kw)  # the same tensors in both optimizers
+    for t in range(8):
+        if t == 3:
+            tensors[edited].mul_(0.5)
+        tw.step(check_every=4)
+
+
+def test_adam_decoupled_weight_decay_is_adamw():
+    tw = Twins("Adam", seed=12, ours_kw=dict(decoupled_weight_decay=True), ref_name="AdamW", weight_decay=0.1)
+    scheds = [warmup_cosine(o) for o in (tw.ours, tw.ref)]
+    for _ in range(10):
+        tw.step(check_every=5)
+        for s in scheds:
+            s.step()
