@@ -491,3 +491,64 @@ def test_adam_decoupled_weight_decay_is_adamw():
         tw.step(check_every=5)
         for s in scheds:
             s.step()
+
+
+# ------------------------------------------------------------------------------------------------- layouts
+def _layouts(gen):
+    """Dense non-overlapping params in several memory orders: a channels_last conv weight, a transposed matrix,
+    a permuted 3-d tensor, a contiguous vector."""
+    conv = torch.randn(5, 3, 3, 3, generator=gen).to(memory_format=torch.channels_last)
+    return [conv, torch.randn(7, 5, generator=gen).t(), torch.randn(4, 6, 5, generator=gen).permute(2, 0, 1),
+            torch.randn(11, generator=gen)]
+
+
+def _relaid(g: torch.Tensor, layout: str, like: torch.Tensor) -> torch.Tensor:
+    """The same values in another memory order: the param's own, contiguous, or the reverse of the param's."""
+    if layout == "param":
+        return torch.empty_like(like).copy_(g)
+    if layout == "contiguous":
+        return g.contiguous()
+    order = sorted(range(g.dim()), key=lambda d: like.stride(d))  # the param's dims, innermost first
+    return g.permute(order).contiguous().permute([order.index(d) for d in range(g.dim())])
+
+
+@pytest.mark.parametrize("name", OPTIMIZERS)
+@pytest.mark.parametrize("grad_layout", ["param", "contiguous", "reversed"])
+@pytest.mark.parametrize("scaled", [False, True], ids=["", "GradScaler"])
+def test_memory_layouts(name, grad_layout, scaled):
+    """Params in non-contiguous dense layouts (states take the param's strides, as torch's), grads in the param's
+    layout or another one. torch's fused CPU kernels assume the grad has the param's strides (they walk raw
+    memory), so their grads are always given in the param's layout: the values ours must reproduce. With a
+    GradScaler, grads are unscaled in place like torch's, and a step with an inf grad is skipped."""
+    gen = torch.Generator().manual_seed(13)
+    ps = _layouts(gen)
+    qs = [p.clone().requires_grad_() for p in ps]  # clone keeps the memory format
+    ps = [p.clone().requires_grad_() for p in ps]
+    assert [p.stride() for p in ps] == [q.stride() for q in qs] and not any(p.is_contiguous() for p in ps[:3])
+    ours = getattr(warmup_fused, name)(ps, lr=BASE_LR[name], **HPARAMS[name])
+    ref = getattr(torch.optim, name)(qs, lr=BASE_LR[name], fused=True, **HPARAMS[name])
+    scalers = [torch.amp.GradScaler("cpu", init_scale=2.0 ** 12) for _ in range(2)] if scaled else None
+    for t in range(6):
+        for p, q in zip(ps, qs):
+            g = torch.randn(p.shape, generator=gen)
+            if scaled:
+                g = g * 2.0 ** 12
+                if t == 3 and p.dim() == 1:
+                    g[2] = float("inf")
+            p.grad, q.grad = _relaid(g, grad_layout, p), _relaid(g, "param", q)
+        if scaled:
+            for s, opt in zip(scalers, (ours, ref)):
+                s.scale(torch.ones(()))  # lazily creates the scale the step reads
+                s.step(opt)
+                s.update()
+            assert scalers[0].get_scale() == scalers[1].get_scale()
+        else:
+            ours.step()
+            ref.step()
+        for p, q in zip(ps, qs):
+            assert torch.equal(p.grad, q.grad), "grads unscaled in place like torch's"
+            assert torch.equal(p, q), f"step {t + 1}: param {tuple(p.shape)} stride {p.stride()}"
+            for k, v in ref.state[q].items():
+                assert torch.equal(ours.state[p][k], v), k
+                if v.dim():
+                    assert ours.state[p][k].stride() == v.stride() == p.stride(), k
