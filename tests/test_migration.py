@@ -552,3 +552,86 @@ def test_memory_layouts(name, grad_layout, scaled):
                 assert torch.equal(ours.state[p][k], v), k
                 if v.dim():
                     assert ours.state[p][k].stride() == v.stride() == p.stride(), k
+
+
+# ---------------------------------------------------------------------------------------- copies and pickles
+def _roundtrip(obj, how: str):
+    if how == "deepcopy":
+        return copy.deepcopy(obj)
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    buf.seek(0)
+    return torch.load(buf, weights_only=False)
+
+
+def _params(opt) -> list:
+    return [p for group in opt.param_groups for p in group["params"]]
+
+
+def _snapshot(opt) -> list:
+    return [(p.detach().clone(), {k: v.clone() for k, v in opt.state[p].items()}) for p in _params(opt)] + [
+        opt.sched_step().clone(), opt.last_lr().clone()]
+
+
+def _assert_snapshot(opt, snap, what: str) -> None:
+    for (p, st), q in zip(snap, _params(opt)):
+        assert torch.equal(p, q), f"{what}: a param changed"
+        assert set(st) == set(opt.state[q]) and all(torch.equal(v, opt.state[q][k]) for k, v in st.items()), \
+            f"{what}: a state changed"
+    assert torch.equal(snap[-2], opt.sched_step()) and torch.equal(snap[-1], opt.last_lr(), ), f"{what}: counter"
+
+
+def _step_both(a, b, gen) -> None:
+    """The same fresh grads for both optimizers' params, one step each, then bit-for-bit equal."""
+    for p, q in zip(_params(a), _params(b)):
+        g = torch.randn(p.shape, generator=gen)
+        p.grad, q.grad = g.clone(), g.clone()
+    a.step()
+    b.step()
+    assert torch.equal(a.last_lr(), b.last_lr()) and torch.equal(a.sched_step(), b.sched_step())
+    assert [bits(g["lr"]) for g in a.param_groups] == [bits(g["lr"]) for g in b.param_groups]
+    for p, q in zip(_params(a), _params(b)):
+        assert torch.equal(p, q)
+        assert set(a.state[p]) == set(b.state[q])
+        for k, v in a.state[p].items():
+            assert torch.equal(v, b.state[q][k]), k
+
+
+@pytest.mark.parametrize("name", OPTIMIZERS)
+@pytest.mark.parametrize("how", ["deepcopy", "pickle"])
+@pytest.mark.parametrize("with_model", [False, True], ids=["alone", "with_model"])
+@pytest.mark.parametrize("lr_source", ["schedule", "scheduler", pytest.param("edited", marks=HOST_LR_LOST)])
+def test_copy_steps_like_the_original_and_independently(name, how, with_model, lr_source):
+    """copy.deepcopy / torch.save + torch.load(weights_only=False) mid-warmup, of the optimizer alone or with its
+    model: the copy steps bit-identically to the original, and stepping either leaves the other untouched.
+    schedule: a device schedule; scheduler: a torch scheduler on ours (a host LR; the copy is then stepped
+    without it, the original keeps its LR too); edited: a device schedule with group 0 written by hand."""
+    tw = Twins(name, seed=14, ours_kw=dict(schedule=device_schedule(name)) if lr_source != "scheduler" else None)
+    sched = warmup_cosine(tw.ours) if lr_source == "scheduler" else None
+    for t in range(5):
+        if t == 3 and lr_source == "edited":
+            tw.ours.param_groups[0]["lr"] = 0.37 * BASE_LR[name]
+        tw.grads()
+        tw.ours.step()
+        if sched is not None:
+            sched.step()
+    model, opt = tw.model, tw.ours
+    if with_model:
+        model2, opt2 = _roundtrip((model, opt), how)
+        assert [id(p) for p in _params(opt2)] == [id(p) for p in model2.parameters()]
+    else:
+        opt2 = _roundtrip(opt, how)
+    assert not set(map(id, _params(opt2))) & set(map(id, _params(opt)))
+    gen = torch.Generator().manual_seed(15)
+    before = [bits(g["lr"]) for g in opt.param_groups]
+    assert [bits(g["lr"]) for g in opt2.param_groups] == before
+    for _ in range(4):
+        _step_both(opt, opt2, gen)
+    snap = _snapshot(opt)
+    for p in _params(opt2):
+        p.grad = torch.randn(p.shape, generator=gen)
+    opt2.step()
+    _assert_snapshot(opt, snap, "stepping the copy")
+    snap2 = _snapshot(opt2)
+    opt.step()
+    _assert_snapshot(opt2, snap2, "stepping the original")
