@@ -54,9 +54,10 @@ def _data(n: int = 96):
     return torch.randn(n, 13, generator=g), torch.randn(n, 5, generator=g)
 
 
-def _optimizer(kind: str, params):
-    kw = dict(lr=1e-2, betas=(0.9, 0.95), weight_decay=0.1)
-    return torch.optim.AdamW(params, fused=True, **kw) if kind == "torch" else warmup_fused.AdamW(params, **kw)
+def _optimizer(kind: str, params, name: str = "AdamW"):
+    kw = dict(lr=1e-2, betas=(0.9, 0.95), weight_decay=0.1) if name == "AdamW" else dict(lr=0.05, momentum=0.9)
+    return getattr(torch.optim, name)(params, fused=True, **kw) if kind == "torch" else \
+        getattr(warmup_fused, name)(params, **kw)
 
 
 class Run:
@@ -195,8 +196,9 @@ def _torch_scheduler(name: str, opt):
     lrs = torch.optim.lr_scheduler
     if name == "hf_cosine":
         return pytest.importorskip("transformers").get_cosine_schedule_with_warmup(opt, 5, STEPS)
-    if name == "OneCycleLR":
-        return lrs.OneCycleLR(opt, max_lr=0.02, total_steps=STEPS, cycle_momentum=False)
+    if name == "OneCycleLR":  # cycles SGD's momentum too
+        cycle = "momentum" in opt.defaults
+        return lrs.OneCycleLR(opt, max_lr=0.1 if cycle else 0.02, total_steps=STEPS, cycle_momentum=cycle)
     if name == "SequentialLR":
         return lrs.SequentialLR(opt, [lrs.LinearLR(opt, 0.01, 1.0, 5), lrs.CosineAnnealingLR(opt, STEPS - 5, 1e-4)],
                                 milestones=[5])
@@ -204,7 +206,7 @@ def _torch_scheduler(name: str, opt):
 
 
 @functools.lru_cache(maxsize=None)
-def lightning_run(kind: str, sched_name: str, callback: bool) -> Run:
+def lightning_run(kind: str, sched_name: str, callback: bool, opt_name: str) -> Run:
     L = _lightning()
 
     class Module(L.LightningModule):
@@ -218,17 +220,19 @@ def lightning_run(kind: str, sched_name: str, callback: bool) -> Run:
             return torch.nn.functional.mse_loss(self.net(x), y)
 
         def configure_optimizers(self):
-            opt = _optimizer(kind, self.parameters())
+            opt = _optimizer(kind, self.parameters(), opt_name)
             return {"optimizer": opt, "lr_scheduler": {"scheduler": _torch_scheduler(sched_name, opt),
                                                        "interval": "step"}}
 
         def on_before_optimizer_step(self, optimizer):
-            self.shown.append([g["lr"] for g in optimizer.param_groups])
+            self.shown.append([(g["lr"], g.get("momentum")) for g in optimizer.param_groups])
 
         def optimizer_step(self, *args, **kwargs):
             super().optimizer_step(*args, **kwargs)
             opt = self.trainer.optimizers[0]
-            self.used.append(opt.last_lr().tolist() if isinstance(opt, warmup_fused.AdamW) else self.shown[-1])
+            ours = isinstance(opt, (warmup_fused.AdamW, warmup_fused.SGD))
+            self.used.append(list(zip(opt.last_lr().tolist(), [x[1] for x in self.shown[-1]])) if ours
+                             else self.shown[-1])
 
     torch.manual_seed(0)
     module = Module()
@@ -253,16 +257,20 @@ RECURSIVE_AFTER_CONVERSION = pytest.mark.xfail(strict=True, reason=(
     "optim.py: step() shows the next step's LR in param_groups at once, so a chainable torch scheduler that keeps "
     "stepping (SequentialLR of LinearLR + CosineAnnealingLR) computes f(lr_{t+1}) instead of f(lr_t): the group "
     "leaves the schedule at a wrong LR (the callback's LeftScheduleWarning says so)"))
-LIGHTNING_CASES = [pytest.param(name, callback, id=f"{name}-{'callback' if callback else 'plain'}",
+LIGHTNING_CASES = [pytest.param(opt, name, callback, id=f"{opt}-{name}-{'callback' if callback else 'plain'}",
                                  marks=RECURSIVE_AFTER_CONVERSION if callback and name == "SequentialLR" else ())
-                   for callback in (False, True) for name in ("hf_cosine", "OneCycleLR", "SequentialLR")]
+                   for callback in (False, True)
+                   for opt, name in (("AdamW", "hf_cosine"), ("AdamW", "OneCycleLR"), ("AdamW", "SequentialLR"),
+                                     ("SGD", "OneCycleLR"))]
 
 
 @pytest.mark.filterwarnings("ignore::UserWarning")  # Lightning's advice on workers and logging intervals
-@pytest.mark.parametrize("sched_name, callback", LIGHTNING_CASES)
-def test_lightning(sched_name, callback):
-    ref = lightning_run("torch", sched_name, False)
-    ours = lightning_run("ours", sched_name, callback)
+@pytest.mark.parametrize("opt_name, sched_name, callback", LIGHTNING_CASES)
+def test_lightning(opt_name, sched_name, callback):
+    """Per step: the LR (and SGD's momentum) torch's param_groups held at the step, ours' param_groups then,
+    and the LR ours' kernel used."""
+    ref = lightning_run("torch", sched_name, False, opt_name)
+    ours = lightning_run("ours", sched_name, callback, opt_name)
     assert_same_run(ours, ref)
     assert len(set(map(tuple, ref.used))) > 5, "the schedule moved the LR"
     assert ([s.lr_mode for s in ours.opt._sources] == [SCHEDULE]) == callback
