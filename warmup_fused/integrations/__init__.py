@@ -21,7 +21,7 @@ from .._ops import LAYOUT
 from ..optim import _FusedOptimizer
 from ..schedules.convert import _steps_taken
 
-__all__ = ["LeftScheduleWarning", "to_device_schedule"]
+__all__ = ["LeftScheduleWarning", "ScheduleWatch", "to_device_schedule"]
 
 _SCHEDULE = LAYOUT["lr_from_schedule"]
 
