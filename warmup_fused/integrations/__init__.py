@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import warnings
 
+from torch.optim.lr_scheduler import LRScheduler
+
 from .. import from_torch
 from .._ops import LAYOUT
 from ..optim import _FusedOptimizer
@@ -30,25 +32,21 @@ class LeftScheduleWarning(UserWarning):
     """A param group left the converted device schedule: something wrote a different LR into it."""
 
 
-def _unwrap(obj, attr: str):
-    """The object a framework wrapper holds (accelerate's AcceleratedOptimizer / AcceleratedScheduler, Lightning's
-    LightningOptimizer keep it in ``optimizer`` / ``scheduler`` / ``_optimizer``)."""
-    seen = set()
-    while id(obj) not in seen:
-        seen.add(id(obj))
-        inner = getattr(obj, attr, None)
-        if inner is None or inner is obj:
+def _unwrap(obj, attrs: tuple, kind: type):
+    """The ``kind`` instance a framework wrapper holds (accelerate's AcceleratedOptimizer.optimizer and
+    AcceleratedScheduler.scheduler, Lightning's LightningOptimizer._optimizer); ``obj`` itself if none."""
+    inner = obj
+    for _ in range(8):  # wrappers nest a level or two
+        if isinstance(inner, kind):
+            return inner
+        inner = next((getattr(inner, a) for a in attrs if getattr(inner, a, None) is not None), None)
+        if inner is None:
             break
-        obj = inner
     return obj
 
 
 def fused_optimizer(optimizer, where: str) -> _FusedOptimizer:
-    opt = optimizer
-    for attr in ("optimizer", "_optimizer"):
-        if isinstance(opt, _FusedOptimizer):
-            break
-        opt = _unwrap(opt, attr)
+    opt = _unwrap(optimizer, ("optimizer", "_optimizer"), _FusedOptimizer)
     if not isinstance(opt, _FusedOptimizer):
         raise TypeError(f"{where}: the optimizer is a {type(optimizer).__name__}, not a warmup_fused optimizer "
                         "(warmup_fused.AdamW / Adam / SGD): only those compute the LR on the device")
@@ -65,7 +63,7 @@ def to_device_schedule(optimizer, scheduler, total_steps: int | None, where: str
     Returns the warmup_fused optimizer.
     """
     opt = fused_optimizer(optimizer, where)
-    sched = _unwrap(scheduler, "scheduler")
+    sched = _unwrap(scheduler, ("scheduler",), LRScheduler)
     taken = _steps_taken(sched)
     if taken > 0:
         if (opt._schedule is not None and opt._host_step == taken
