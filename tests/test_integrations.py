@@ -108,9 +108,14 @@ class HFData(torch.utils.data.Dataset):
         return {"x": self.x[i], "labels": self.y[i]}
 
 
+def _transformers_trainer():
+    pytest.importorskip("accelerate")  # transformers.Trainer needs it
+    return pytest.importorskip("transformers")
+
+
 @functools.lru_cache(maxsize=None)
 def hf_run(kind: str, sched_type: str, callback: bool, tmp: str, save: bool = False, resume: str | None = None) -> Run:
-    transformers = pytest.importorskip("transformers")
+    transformers = _transformers_trainer()
 
     class Recorder(transformers.TrainerCallback):
         def __init__(self):
@@ -174,7 +179,7 @@ def test_transformers_trainer_resume(tmp_path_factory, callback):
 
 
 def test_transformers_callback_refuses_a_torch_optimizer(tmp_path):
-    transformers = pytest.importorskip("transformers")
+    transformers = _transformers_trainer()
     from warmup_fused.integrations.transformers import WarmupFusedCallback
 
     model = HFRegressor()
