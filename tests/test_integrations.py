@@ -258,12 +258,7 @@ def lightning_run(kind: str, sched_name: str, callback: bool, opt_name: str) -> 
     return Run(module.net, opt, module.used, module.shown)
 
 
-RECURSIVE_AFTER_CONVERSION = pytest.mark.xfail(strict=True, reason=(
-    "optim.py: step() shows the next step's LR in param_groups at once, so a chainable torch scheduler that keeps "
-    "stepping (SequentialLR of LinearLR + CosineAnnealingLR) computes f(lr_{t+1}) instead of f(lr_t): the group "
-    "leaves the schedule at a wrong LR (the callback's LeftScheduleWarning says so)"))
-LIGHTNING_CASES = [pytest.param(opt, name, callback, id=f"{opt}-{name}-{'callback' if callback else 'plain'}",
-                                 marks=RECURSIVE_AFTER_CONVERSION if callback and name == "SequentialLR" else ())
+LIGHTNING_CASES = [pytest.param(opt, name, callback, id=f"{opt}-{name}-{'callback' if callback else 'plain'}")
                    for callback in (False, True)
                    for opt, name in (("AdamW", "hf_cosine"), ("AdamW", "OneCycleLR"), ("AdamW", "SequentialLR"),
                                      ("SGD", "OneCycleLR"))]

@@ -80,6 +80,9 @@ class Twins:
         self.ref = getattr(torch.optim, ref_name or name)(groups(self.twin, lr), lr=lr, fused=True, **kw)
         self.gen = torch.Generator().manual_seed(seed + 1000)
         self.t = 0
+        # A torch scheduler attached to ours but no longer stepped: after a step, ours keeps showing the LR just
+        # used (as torch's groups do until their scheduler steps), since a recursive scheduler reads it.
+        self.shows_last_used = False
 
     def grads(self) -> None:
         for p, q in zip(self.model.parameters(), self.twin.parameters()):
@@ -100,6 +103,9 @@ class Twins:
             self.assert_same()
 
     def assert_groups_show_the_same(self) -> None:
+        if self.shows_last_used and self.t > 0:
+            assert [bits(g["lr"]) for g in self.ours.param_groups] == [bits(v) for v in self.ours.last_lr().tolist()]
+            return
         for g, (a, b) in enumerate(zip(self.ours.param_groups, self.ref.param_groups)):
             assert bits(a["lr"]) == bits(b["lr"]), f"before step {self.t + 1}, group {g}: lr {a['lr']} vs {b['lr']}"
             assert bits(momentum(a)) == bits(momentum(b)), \
@@ -194,14 +200,8 @@ def test_torch_scheduler_on_our_optimizer(request, route, sched_name, name):
     schedule alone gives every LR, and param_groups still show torch's values."""
     if route == "device":
         _momentum_dropped(request, sched_name)
-    if route == "converted" and sched_name in RECURSIVE:
-        request.applymarker(pytest.mark.xfail(strict=True, reason=(
-            "step() shows the NEXT step's LR in param_groups at once, but torch's chainable schedulers (LinearLR, "
-            "StepLR, CosineAnnealingLR, SequentialLR's children, ...) compute lr_{t+1} = f(group['lr']) in their "
-            "step(), expecting group['lr'] to still be lr_t as torch leaves it after optimizer.step(): they apply "
-            "f twice, write f(lr_{t+1}) != the schedule's lr_{t+1}, and the group silently leaves the schedule "
-            "at that wrong LR")))
     tw = Twins(name, seed=len(sched_name))
+    tw.shows_last_used = route == "device"
     make = SCHEDULERS[sched_name]
     ours_sched, ref_sched = make(tw.ours), make(tw.ref)
     if route != "scheduler":
@@ -280,16 +280,8 @@ def test_manual_lr_edit_with_a_torch_scheduler_and_resume(name):
     tw.assert_same()
 
 
-HOST_LR_LOST = pytest.mark.xfail(strict=True, reason=(
-    "_checkpoint._apply (and setstate, for copies and pickles) calls opt._rebind(schedule), which puts every group "
-    "on the schedule and _show()s the schedule's LR into each group's 'lr', then restores the saved 'host' LR "
-    "sources without writing host_lr back into param_groups: the kernel trains at the saved host LR while "
-    "param_groups[g]['lr'] shows the schedule's (a recursive torch scheduler or a later state_dict() then "
-    "propagates the wrong value)"))
-
-
 @pytest.mark.parametrize("name", OPTIMIZERS)
-@pytest.mark.parametrize("edit_before_save", [False, pytest.param(True, marks=HOST_LR_LOST)])
+@pytest.mark.parametrize("edit_before_save", [False, True])
 @IDLE_SCHEDULER
 def test_manual_lr_edit_on_a_device_schedule_and_resume_without_schedule(name, edit_before_save):
     """Our optimizer on a device schedule, torch's given the same LRs by hand. An edit makes that group train at
@@ -375,17 +367,10 @@ def test_resume_torch_sgd_checkpoint_then_set_sched_step():
     tw.assert_same()
 
 
-FUSED_DROPPED = pytest.mark.xfail(strict=True, reason=(
-    "our state_dict() saves the constructor's implementation switches (fused=None): torch's load_state_dict "
-    "adopts every saved group key, so torch.optim.*(fused=True) silently switches to its foreach/for-loop path "
-    "and continues 1 ulp off the fused arithmetic ours reproduces; our optimizers are always fused, so their "
-    "state_dict should say fused=True (foreach=None)"))
-
-
 @IDLE_SCHEDULER
 @pytest.mark.parametrize("name", OPTIMIZERS)
 @pytest.mark.parametrize("recipe", ["scheduler", "device"])
-@pytest.mark.parametrize("set_fused", [pytest.param(False, marks=FUSED_DROPPED), True], ids=["load", "load+fused"])
+@pytest.mark.parametrize("set_fused", [False, True], ids=["load", "load+fused"])
 def test_resume_our_checkpoint_in_torch(name, recipe, set_fused):
     """Ours checkpointed mid-warmup, resumed in torch fused: with the torch scheduler that drove ours (its
     state_dict loaded), or, from a device schedule, with a fresh torch scheduler stepped sched_step times before
@@ -457,16 +442,8 @@ def test_tensor_lr_read_every_step(name, dtype):
     assert tw.ours.param_groups[0]["lr"] is lr
 
 
-STALE_MOMENTUM = pytest.mark.xfail(strict=True, reason=(
-    "an in-place edit of a Tensor beta1 / SGD momentum is ignored: _read_tensor_hparams rewrites the group's "
-    "row at every step, but _row() takes the momentum column from _sources[g].host_mom, a float copied when "
-    "the group was created or last written through param_groups, instead of reading the tensor again as "
-    "spec.row() does for eps, weight_decay and beta2"))
-TENSOR_HPARAMS = [
-    ("AdamW", "weight_decay"), ("AdamW", "beta2"), pytest.param("AdamW", "beta1", marks=STALE_MOMENTUM),
-    ("Adam", "weight_decay"), ("Adam", "beta2"), pytest.param("Adam", "beta1", marks=STALE_MOMENTUM),
-    ("SGD", "weight_decay"), pytest.param("SGD", "momentum", marks=STALE_MOMENTUM),
-]
+TENSOR_HPARAMS = [("AdamW", "weight_decay"), ("AdamW", "beta2"), ("AdamW", "beta1"), ("Adam", "weight_decay"),
+                  ("Adam", "beta2"), ("Adam", "beta1"), ("SGD", "weight_decay"), ("SGD", "momentum")]
 
 
 @pytest.mark.parametrize("name, edited", TENSOR_HPARAMS)
@@ -602,7 +579,7 @@ def _step_both(a, b, gen) -> None:
 @pytest.mark.parametrize("name", OPTIMIZERS)
 @pytest.mark.parametrize("how", ["deepcopy", "pickle"])
 @pytest.mark.parametrize("with_model", [False, True], ids=["alone", "with_model"])
-@pytest.mark.parametrize("lr_source", ["schedule", "scheduler", pytest.param("edited", marks=HOST_LR_LOST)])
+@pytest.mark.parametrize("lr_source", ["schedule", "scheduler", "edited"])
 def test_copy_steps_like_the_original_and_independently(name, how, with_model, lr_source):
     """copy.deepcopy / torch.save + torch.load(weights_only=False) mid-warmup, of the optimizer alone or with its
     model: the copy steps bit-identically to the original, and stepping either leaves the other untouched.
@@ -639,11 +616,6 @@ def test_copy_steps_like_the_original_and_independently(name, how, with_model, l
     _assert_snapshot(opt2, snap2, "stepping the original")
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "_on_group_write bumps _structure on every write of a checked key, even one that repeats the value shown, so "
-    "the next step() rebuilds its per-device argument lists and re-checks every param: host work at every step "
-    "while a converted scheduler keeps stepping (500 params on CPU: 0.36 -> 1.9 ms per step); only a change of "
-    "the op's arguments (a Tensor lr, amsgrad, momentum on/off) needs a rebuild"))
 def test_a_write_of_the_shown_lr_keeps_the_step_plan():
     ps = [torch.randn(8) for _ in range(3)]
     opt = warmup_fused.AdamW(ps, lr=1e-3)

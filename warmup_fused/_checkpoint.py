@@ -10,6 +10,7 @@ writes into the tensors a captured CUDA graph holds where they exist.
 from __future__ import annotations
 
 import math
+import struct
 import warnings
 from typing import Any
 
@@ -41,7 +42,8 @@ def _extra(opt, step: int) -> dict:
         "lr_source": [_MODES[s.lr_mode] for s in opt._sources],
         "host_lr": [s.host_lr for s in opt._sources],
         "momentum_scheduled": [bool(s.mom_scheduled) for s in opt._sources],
-        "host_momentum": [s.host_mom for s in opt._sources],
+        "max_grad_norm": opt.max_grad_norm,
+        "rng_seed": opt._rng_seed,
     }
 
 
@@ -56,6 +58,8 @@ def _initialised(opt) -> dict:
 
 def state_dict(opt) -> dict[str, Any]:
     sd = torch.optim.Optimizer.state_dict(opt)
+    for packed in sd["param_groups"]:  # ours is torch's fused arithmetic: torch resumes on its fused kernels
+        packed["fused"], packed["foreach"] = True, None
     step = _counter(opt)
     lrs, moms = opt._host_values(min(step, 2**53 - 1))
     for g, (packed, src) in enumerate(zip(sd["param_groups"], opt._sources)):
@@ -112,9 +116,9 @@ def _check_state(opt, i: int, param: torch.Tensor, st) -> dict:
         missing = {"step", "exp_avg", "exp_avg_sq"} - set(st)
         if missing:
             raise ValueError(f"{where} lacks {sorted(missing)} (keys: {sorted(st)}): not a checkpoint of Adam/AdamW")
-        allowed = {"step", "exp_avg", "exp_avg_sq", "max_exp_avg_sq"}
+        allowed = {"step", "exp_avg", "exp_avg_sq", "max_exp_avg_sq", "master_weight"}
     else:
-        allowed = {"momentum_buffer"}
+        allowed = {"momentum_buffer", "master_weight"}
     extra = set(st) - allowed
     if extra:
         raise ValueError(f"{where} has keys {sorted(extra)} that {type(opt).__name__} does not use (a checkpoint "
@@ -141,9 +145,14 @@ def _check_extra(opt, extra, n_groups: int) -> dict:
     out = {"sched_step": step, "schedule": None}
     if extra.get("schedule") is not None:
         out["schedule"] = Schedule.from_state_dict(extra["schedule"])
+    for key in ("max_grad_norm", "rng_seed"):
+        value = extra.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or
+                                  not math.isfinite(value) or value < 0):
+            raise ValueError(f"state_dict['warmup_fused']['{key}'] must be None or a number >= 0, got {value!r}")
+        out[key] = value
     for key, check in (("lr_source", lambda v: v in _MODE_OF), ("host_lr", lambda v: isinstance(v, float)),
-                       ("momentum_scheduled", lambda v: isinstance(v, bool)),
-                       ("host_momentum", lambda v: isinstance(v, float))):
+                       ("momentum_scheduled", lambda v: isinstance(v, bool))):
         values = extra.get(key)
         if values is None:
             continue
@@ -198,36 +207,51 @@ def load_state_dict(opt, state_dict: dict[str, Any]) -> None:
         hook(opt)
 
 
-def _into(existing, value: torch.Tensor, param: torch.Tensor) -> torch.Tensor:
-    """The saved value in the param's dtype, device and layout: copied into the existing state tensor when there is
-    one (a captured graph holds its address), else into a new one."""
-    if existing is None or existing.shape != param.shape or existing.dtype != param.dtype:
-        existing = torch.empty_like(param, memory_format=torch.preserve_format)
+def _into(existing, value: torch.Tensor, param: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """The saved value in `dtype`, the param's device and layout: copied into the existing state tensor when there
+    is one (a captured graph holds its address), else into a new one."""
+    if existing is None or existing.shape != param.shape or existing.dtype != dtype:
+        existing = torch.empty_like(param, dtype=dtype, memory_format=torch.preserve_format)
     existing.copy_(value)
     return existing
 
 
-def _apply(opt, saved_groups, states, extra, step, schedule) -> None:
-    from .optim import _Source
+def _restore(opt, extra: dict, schedule) -> None:
+    """Installs what _extra saved (after load_state_dict's checks, or when unpickling): the schedule, each group's LR
+    source (a group that follows a host value shows it) and the optimizer-level options."""
+    opt.max_grad_norm = extra.get("max_grad_norm", opt.max_grad_norm)
+    opt._rng_seed = extra.get("rng_seed", opt._rng_seed)
+    opt._rebind(schedule)
+    for g, (group, src) in enumerate(zip(opt.param_groups, opt._sources)):
+        if extra.get("lr_source") and _MODE_OF[extra["lr_source"][g]] == LAYOUT["lr_from_host"]:
+            src.lr_mode, src.host_lr = LAYOUT["lr_from_host"], float(extra["host_lr"][g])
+            dict.__setitem__(group, "lr", src.host_lr)
+        if extra.get("momentum_scheduled") and not extra["momentum_scheduled"][g]:
+            src.mom_scheduled = False
+        opt._write_rows(g)
+    opt._show(opt._host_step)
 
+
+def _apply(opt, saved_groups, states, extra, step, schedule) -> None:
     adam = opt._spec is ADAM_SPEC
-    for p in [p for g in opt.param_groups for p in g["params"]]:
+    masters = {p: bool({**opt.defaults, **sg}.get("master_weights")) and p.dtype in (torch.float16, torch.bfloat16)
+               for g, sg in zip(opt.param_groups, saved_groups) for p in g["params"]}
+    for p in masters:
         old = opt.state.get(p, {})
         new = states.get(p, {})
         slot = opt._slot(p)
+        fresh = {}
         if adam:
             slot.fill_(_step_value("step", new["step"]) if new else 0.0)
-            fresh = {}
             if new:
                 fresh["step"] = slot
-                for key in ("exp_avg", "exp_avg_sq", "max_exp_avg_sq"):
-                    if key in new:
-                        fresh[key] = _into(old.get(key), new[key], p)
         else:
-            fresh = {}
-            if "momentum_buffer" in new:
-                fresh["momentum_buffer"] = _into(old.get("momentum_buffer"), new["momentum_buffer"], p)
-            slot.fill_(1.0 if fresh else 0.0)
+            slot.fill_(1.0 if "momentum_buffer" in new else 0.0)
+        for key in ("exp_avg", "exp_avg_sq", "max_exp_avg_sq", "momentum_buffer", "master_weight"):
+            if key in new:  # a param with a master has float32 states (a torch checkpoint's are converted)
+                fresh[key] = _into(old.get(key), new[key], p, torch.float32 if masters[p] else p.dtype)
+        if masters[p] and fresh and "master_weight" not in fresh:  # a torch checkpoint: the master starts as the param
+            fresh["master_weight"] = _into(None, p.detach(), p, torch.float32)
         if fresh:
             opt.state[p] = fresh
         elif p in opt.state:
@@ -238,12 +262,9 @@ def _apply(opt, saved_groups, states, extra, step, schedule) -> None:
         group["params"] = g["params"]
         if "param_names" in g and "param_names" not in group:
             group["param_names"] = g["param_names"]
-        if not adam or type(opt).__name__ != "AdamW":
-            pass
+        if type(opt).__name__ == "AdamW":
+            group["decoupled_weight_decay"] = True
         opt.param_groups[i] = ParamGroup(group, opt)
-    if type(opt).__name__ == "AdamW":
-        for g in opt.param_groups:
-            dict.__setitem__(g, "decoupled_weight_decay", True)
     opt._ready = True
     opt._sources = [opt._host_source(g) for g in opt.param_groups]
     opt._structure += 1
@@ -252,16 +273,7 @@ def _apply(opt, saved_groups, states, extra, step, schedule) -> None:
             b.set_counter(step)
         opt._host_step = step
     if extra is not None:
-        opt._rebind(schedule)
-        for g, src in enumerate(opt._sources):
-            mode = _MODE_OF[extra.get("lr_source", ["schedule"] * len(opt._sources))[g]]
-            if mode == LAYOUT["lr_from_host"]:
-                src.lr_mode, src.host_lr = mode, extra["host_lr"][g]
-            if "momentum_scheduled" in extra and not extra["momentum_scheduled"][g]:
-                src.mom_scheduled, src.host_mom = False, extra["host_momentum"][g]
-            opt._write_rows(g)
-        opt._show(opt._host_step)
-        return
+        return _restore(opt, extra, schedule)
     # A torch checkpoint: the current schedule goes on from the restored counter; a group whose saved lr differs
     # from it follows the saved lr, as torch would.
     current = opt._schedule
@@ -271,7 +283,7 @@ def _apply(opt, saved_groups, states, extra, step, schedule) -> None:
     for g, (group, src, lr) in enumerate(zip(opt.param_groups, opt._sources, lrs)):
         if isinstance(lr, torch.Tensor) or src.lr_mode != LAYOUT["lr_from_schedule"]:
             continue
-        if float(lr) != expected[g] or math.copysign(1, float(lr)) != math.copysign(1, expected[g]):
+        if struct.pack("<d", float(lr)) != struct.pack("<d", expected[g]):
             if current is not None:
                 warnings.warn(
                     f"param group {g}: the checkpoint's lr {float(lr)!r} is not the schedule's LR at step "
@@ -285,42 +297,30 @@ def _apply(opt, saved_groups, states, extra, step, schedule) -> None:
 
 # ------------------------------------------------------------------------------------------- pickle, deepcopy
 def getstate(opt) -> dict[str, Any]:
-    step = _counter(opt)
     params = [p for g in opt.param_groups for p in g["params"]]
     return {
         "defaults": opt.defaults,
         "state": opt.state,
         "param_groups": [dict(g) for g in opt.param_groups],
-        "warmup_fused": _extra(opt, step),
+        "warmup_fused": _extra(opt, _counter(opt)),
         "step_counts": [float(opt._step_slots[p]) if p in opt._step_slots else 0.0 for p in params],
     }
 
 
 def setstate(opt, state: dict[str, Any]) -> None:
-    from .optim import _Source
-
     extra = state.pop("warmup_fused", None)
     counts = state.pop("step_counts", None)
-    torch.optim.Optimizer.__setstate__(opt, state)
-    if extra is None:  # pickled by an older version: nothing to restore
+    if extra is None:
         raise ValueError("this pickle of a warmup_fused optimizer lacks its 'warmup_fused' state")
+    torch.optim.Optimizer.__setstate__(opt, state)
     opt._ready = False
     opt._wrap_groups()
     opt._init_host(extra["sched_step"])
+    opt.max_grad_norm = None
     opt._ready = True
-    params = [p for g in opt.param_groups for p in g["params"]]
-    schedule = None if extra["schedule"] is None else Schedule.from_state_dict(extra["schedule"])
-    opt._sources = [opt._host_source(g) for g in opt.param_groups]
-    opt._rebind(schedule)
-    for g, src in enumerate(opt._sources):
-        if extra["lr_source"][g] == "host":
-            src.lr_mode, src.host_lr = LAYOUT["lr_from_host"], extra["host_lr"][g]
-        if not extra["momentum_scheduled"][g]:
-            src.mom_scheduled, src.host_mom = False, extra["host_momentum"][g]
-        opt._write_rows(g)
-    for p, count in zip(params, counts or []):
-        slot = opt._slot(p)
-        slot.fill_(count)
+    _restore(opt, extra, None if extra["schedule"] is None else Schedule.from_state_dict(extra["schedule"]))
+    for p, count in zip([p for g in opt.param_groups for p in g["params"]], counts):
+        if count or "step" in opt.state.get(p, {}):
+            opt._slot(p).fill_(count)
         if "step" in opt.state.get(p, {}):
-            opt.state[p]["step"] = slot
-    opt._show(opt._host_step)
+            opt.state[p]["step"] = opt._slot(p)

@@ -112,6 +112,8 @@ class Spec:
         self.check_combination(group, where)
 
     def check_combination(self, group: dict, where: str = "") -> None:
+        if group.get("fused") and group.get("foreach"):
+            raise ValueError(f"{where}fused=True and foreach=True cannot be set together (as in torch)")
         if group.get("master_weights") and group.get("stochastic_rounding"):
             raise ValueError(f"{where}master_weights and stochastic_rounding exclude each other: with a float32 master "
                              "the param is the master rounded to nearest")

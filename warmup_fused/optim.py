@@ -68,11 +68,10 @@ def _dense(t: torch.Tensor) -> bool:
 class _Source:
     """Where a group's LR and beta1/momentum come from."""
 
-    __slots__ = ("lr_mode", "host_lr", "lr_tensor", "mom_scheduled", "host_mom")
+    __slots__ = ("lr_mode", "host_lr", "lr_tensor", "mom_scheduled")
 
-    def __init__(self, lr_mode: int, host_lr: float, lr_tensor, mom_scheduled: bool, host_mom: float):
-        self.lr_mode, self.host_lr, self.lr_tensor = lr_mode, host_lr, lr_tensor
-        self.mom_scheduled, self.host_mom = mom_scheduled, host_mom
+    def __init__(self, lr_mode: int, host_lr: float, lr_tensor, mom_scheduled: bool = False):
+        self.lr_mode, self.host_lr, self.lr_tensor, self.mom_scheduled = lr_mode, host_lr, lr_tensor, mom_scheduled
 
 
 class _DeviceCall:
@@ -138,10 +137,8 @@ class _FusedOptimizer(torch.optim.Optimizer):
         self._groups = self.param_groups
 
     def _host_source(self, group: dict) -> _Source:
-        lr, mom = group["lr"], as_float(self._spec.momentum(group))
-        if isinstance(lr, torch.Tensor):
-            return _Source(_TENSOR, math.nan, lr, False, mom)
-        return _Source(_HOST, float(lr), None, False, mom)
+        lr = group["lr"]
+        return _Source(_TENSOR, math.nan, lr) if isinstance(lr, torch.Tensor) else _Source(_HOST, float(lr), None)
 
     def add_param_group(self, param_group: dict) -> None:
         """torch's add_param_group; everything is checked before the group is added."""
@@ -181,18 +178,35 @@ class _FusedOptimizer(torch.optim.Optimizer):
         for b in self._devices.values():
             b.check_not_capturing(f"param_groups[{g}]['{key}'] was written")
         src = self._sources[g]
+        # A write equal to what the next step would apply changes nothing; anything else is the group's value now.
+        lr_next, mom_next = self._next_values(g)
         if key == "lr":
+            if isinstance(value, torch.Tensor) or src.lr_mode == _TENSOR:
+                self._structure += 1  # the op's lr_tensors change
             if isinstance(value, torch.Tensor):
                 src.lr_mode, src.lr_tensor, src.host_lr = _TENSOR, value, math.nan
-            elif src.lr_mode == _TENSOR or not _same_float(value, group["lr"]):
+            elif src.lr_mode == _TENSOR or not _same_float(value, lr_next):
                 src.lr_mode, src.lr_tensor, src.host_lr = _HOST, None, float(value)
         elif key == spec.momentum_key:
             new = value[0] if key == "betas" else value
-            if not _same_float(new, spec.momentum(group)):
-                src.mom_scheduled, src.host_mom = False, as_float(new)
+            if isinstance(new, torch.Tensor) or not _same_float(new, mom_next):
+                src.mom_scheduled = False  # the group's value from now on
+        if key in ("amsgrad", "momentum", "master_weights", "stochastic_rounding"):
+            self._structure += 1  # which states and features the op gets
         dict.__setitem__(group, key, value)
-        self._structure += 1  # lr tensors, amsgrad and momentum change the op's arguments
         self._write_rows(g)
+
+    def _next_values(self, g: int) -> tuple:
+        """The LR and beta1/momentum the next step applies to group g."""
+        group, src = self._groups[g], self._sources[g]
+        lr, mom = group["lr"], self._spec.momentum(group)
+        if src.lr_mode == _SCHEDULE or src.mom_scheduled:
+            lrs, moms = self._host_values(self._host_step)
+            lr = lrs[g] if src.lr_mode == _SCHEDULE else lr
+            mom = moms[g] if src.mom_scheduled else mom
+        elif src.lr_mode == _HOST:
+            lr = src.host_lr
+        return lr, mom
 
     def _group_index(self, group) -> int:
         for i, g in enumerate(self.param_groups):
@@ -237,8 +251,6 @@ class _FusedOptimizer(torch.optim.Optimizer):
                 src.lr_mode = _SCHEDULE
                 dict.__setitem__(group, "initial_lr", float(bound.base_lrs[g]))
             src.mom_scheduled = has_mom
-            if not has_mom:
-                src.host_mom = as_float(self._spec.momentum(group))
         for b in self._devices.values():
             b.set_groups(len(self.param_groups))
             b.set_program(ints, vals)
@@ -306,7 +318,7 @@ class _FusedOptimizer(torch.optim.Optimizer):
         row[LAYOUT["lr_source"]] = mode
         row[LAYOUT["host_lr"]] = host_lr
         row[LAYOUT["momentum_source"]] = 1.0 if src.mom_scheduled else 0.0
-        row[LAYOUT["host_momentum"]] = src.host_mom
+        row[LAYOUT["host_momentum"]] = math.nan if src.mom_scheduled else as_float(self._spec.momentum(group))
         return row
 
     def _write_rows(self, g: int, only: DeviceBuffers | None = None) -> None:
@@ -361,7 +373,7 @@ class _FusedOptimizer(torch.optim.Optimizer):
             raise
         if not torch.compiler.is_compiling():  # host mirrors would make every compiled step recompile
             self._host_step += 1
-            self._show(self._host_step)
+            self._show(self._host_step, after_step=True)
         return loss
 
     def _calls(self):
@@ -477,10 +489,18 @@ class _FusedOptimizer(torch.optim.Optimizer):
             self._rng_seed = int(torch.randint(0, 2**62, (), dtype=torch.int64))
 
     # --------------------------------------------------------------------------------------- host-side values
-    def _show(self, step: int) -> None:
-        """param_groups show the LR (and scheduled beta1 / momentum) that the next eager step() uses."""
+    def _scheduler_attached(self) -> bool:
+        """A torch LRScheduler was built on this optimizer (it wraps the instance's step)."""
+        return hasattr(self.__dict__.get("step"), "_wrapped_by_lr_sched")
+
+    def _show(self, step: int, after_step: bool = False) -> None:
+        """param_groups show the LR (and scheduled beta1 / momentum) that the next eager step() uses. After a step
+        with a torch scheduler attached they keep the LR just used, as torch's do until the scheduler steps:
+        recursive schedulers compute the next LR from it."""
         if not any(s.lr_mode == _SCHEDULE or s.mom_scheduled for s in self._sources):
             return
+        if after_step and self._scheduler_attached():
+            step -= 1
         lrs, moms = self._host_values(step)
         for g, (group, src) in enumerate(zip(self.param_groups, self._sources)):
             if src.lr_mode == _SCHEDULE:
