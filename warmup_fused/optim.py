@@ -112,7 +112,14 @@ class _FusedOptimizer(torch.optim.Optimizer):
         self._wrap_groups()
         self._init_host(0)
         self._ready = True
+        self._draw_seed()
         self.set_schedule(schedule)
+
+    def _draw_seed(self) -> None:
+        """Stochastic rounding's seed, from torch's default generator when a group first asks for it (so the same
+        torch.manual_seed reproduces a run bit for bit; other users' random streams are left alone)."""
+        if self._rng_seed is None and any(g.get("stochastic_rounding") for g in self.param_groups):
+            self._rng_seed = int(torch.randint(0, 2**62, (), dtype=torch.int64))
 
     def _init_host(self, step: int) -> None:
         """Host-side state (everything but param_groups and state), fresh."""
@@ -161,6 +168,7 @@ class _FusedOptimizer(torch.optim.Optimizer):
         self.param_groups[-1] = ParamGroup(self.param_groups[-1], self)
         self._sources.append(self._host_source(self.param_groups[-1]))
         self._structure += 1
+        self._draw_seed()
         self._rebind(self._schedule, only_group=n - 1)
 
     def _on_group_write(self, group: ParamGroup, key, value) -> None:
@@ -194,6 +202,7 @@ class _FusedOptimizer(torch.optim.Optimizer):
         if key in ("amsgrad", "momentum", "master_weights", "stochastic_rounding"):
             self._structure += 1  # which states and features the op gets
         dict.__setitem__(group, key, value)
+        self._draw_seed()
         self._write_rows(g)
 
     def _next_values(self, g: int) -> tuple:
@@ -485,8 +494,7 @@ class _FusedOptimizer(torch.optim.Optimizer):
             if not capturing:
                 master.copy_(p)
             state["master_weight"] = master
-        if self._groups[g].get("stochastic_rounding") and self._rng_seed is None:
-            self._rng_seed = int(torch.randint(0, 2**62, (), dtype=torch.int64))
+
 
     # --------------------------------------------------------------------------------------- host-side values
     def _scheduler_attached(self) -> bool:
