@@ -197,3 +197,143 @@ def test_import_error_message_is_actionable():
 
     src = inspect.getsource(warmup_fused)
     assert "./run test" in src and "build" in src
+
+
+# --------------------------------------------------------------------------- issue 10: engine defects
+def py_floordiv(a: float, b: float) -> float:
+    """Python's float a // b, NaN where Python raises (the device cannot)."""
+    try:
+        return a // b
+    except ZeroDivisionError:
+        return math.nan
+
+
+def same_floats(got: torch.Tensor, want: list) -> bool:
+    """Bit-equal, except that any NaN matches any NaN (Python raised there)."""
+    want_t = torch.tensor(want, dtype=torch.float64)
+    nan = torch.isnan(want_t)
+    return torch.equal(torch.isnan(got), nan) and torch.equal(bits(got[~nan]), bits(want_t[~nan]))
+
+
+FLOORDIV_DIVISORS = [0.5, 2.5, -1.3, 0.3, 1e-300, 7.0, -0.25, 1e300, math.inf, -math.inf, math.nan, 2.0**-1074]
+
+
+@pytest.mark.parametrize("divisor", FLOORDIV_DIVISORS)
+def test_floordiv_is_python_float_floordiv(divisor):
+    """STEP // 0.5 used to crash the interpreter (SIGFPE: the divisor truncated to 0), STEP // 2.5 computed
+    step // 2, and operands >= 2**63 were undefined behaviour: // is now Python's float //, bit for bit."""
+    steps = list(range(40)) + [2**31 + 3, 2**52 + 1]
+    numerators = [
+        (STEP, lambda s: float(s)),
+        ((STEP - 17.3) * 0.7, lambda s: (s - 17.3) * 0.7),
+        (STEP * 1e300, lambda s: s * 1e300),          # >= 2**63 for s >= 1
+        (-(STEP * 3.0e20) - 0.5, lambda s: (s * 3.0e20) * -1.0 - 0.5),
+        (STEP * math.inf, lambda s: s * math.inf),     # nan at 0, inf after
+    ]
+    for num, ref in numerators:
+        got = Schedule([[(0, num // divisor)]]).lr_at(torch.tensor(steps))[0]
+        want = [py_floordiv(ref(s), divisor) for s in steps]
+        assert same_floats(got, want), (num, divisor)
+
+
+def test_floordiv_and_mod_by_a_step_dependent_zero_give_nan():
+    s = Schedule([[(0, (STEP // (STEP - 3.0)) + (STEP % (STEP - 5.0)) + 1.0 / (STEP - 7.0))]])
+    got = s.lr_at(range(10))[0]
+    def ref(t):
+        try:
+            return t // (t - 3.0) + t % (t - 5.0) + 1.0 / (t - 7.0)
+        except ZeroDivisionError:
+            return math.nan
+    assert same_floats(got, [ref(float(t)) for t in range(10)])
+    assert torch.isnan(got[[3, 5, 7]]).all() and not torch.isnan(got[[0, 4, 6, 9]]).any()
+
+
+@pytest.mark.parametrize("expr", [STEP // 0.0, STEP % 0.0, BASE / 0.0, (STEP + 1.0) // -0.0])
+def test_constant_zero_divisor_is_refused(expr):
+    with pytest.raises(ValueError, match=r"divides by the constant 0\.0.*ZeroDivisionError"):
+        Schedule([[(0, BASE), (5, expr)]])
+
+
+def test_repeat_mul_count_edge_cases():
+    """The count is any double: >= 2**63 and +inf give the fixed point, a negative integral count (-inf too)
+    counts as 0 (range), NaN and non-integral counts give NaN (range raises); no double is cast to an integer
+    out of range."""
+    def powers(x, f, n):
+        for _ in range(n):
+            y = x * f
+            if y == x:
+                break
+            x = y
+        return x
+
+    x, f = 0.37, 0.91
+    s = Schedule([[(0, repeat_mul(x, f, (STEP - 3.0) * 1e30)), (10, repeat_mul(x, f, STEP * 1e300 * 1e300)),
+                   (20, repeat_mul(x, f, (STEP - 21.0) * 0.5)), (30, repeat_mul(x, f, (STEP - 32.0) * math.inf))]])
+    got = s.lr_at(range(40))[0].tolist()
+    fixed = powers(x, f, 10**6)
+    for t in range(40):
+        if t < 10:
+            want = x if t <= 3 else fixed
+        elif t < 20:
+            want = fixed
+        elif t < 30:
+            c = (t - 21.0) * 0.5
+            want = math.nan if c != int(c) else (x if c < 0 else powers(x, f, int(c)))
+        else:
+            want = math.nan if t == 32 else (x if t < 32 else fixed)
+        assert (math.isnan(want) and math.isnan(got[t])) or got[t] == want, (t, got[t], want)
+
+
+def test_repeat_mul_needs_step_free_operands_and_a_nonnegative_factor():
+    with pytest.raises(ValueError, match="repeat_mul"):
+        repeat_mul(STEP, 0.5, STEP)
+    with pytest.raises(ValueError, match="repeat_mul"):
+        repeat_mul(BASE, 1.0 - LOCAL * 0.1, STEP)
+    with pytest.raises(ValueError, match="factor"):
+        Schedule([[(0, repeat_mul(BASE, -0.5, STEP))]])
+
+
+def test_repeat_mul_cost_is_bounded_at_any_step():
+    """step_decay(1, 0.9999999) took 1.1 s per evaluation at step 10**9: a repeat_mul now costs at most 255
+    multiplications from the nearest anchor, and is still torch's recursion bit for bit."""
+    import time
+
+    x, f = 0.3, 0.9993
+    seq = [x]
+    while seq[-1] * f != seq[-1]:
+        seq.append(seq[-1] * f)
+    s = Schedule([[(0, repeat_mul(BASE, f, STEP))]], [x])
+    assert s.table_bytes == 8 * (3 + (len(seq) - 1) // 256 + 1)
+    g = torch.Generator().manual_seed(3)
+    steps = torch.cat([torch.randint(0, len(seq) + 300, (20_000,), generator=g), torch.tensor([10**9, 2**52])])
+    want = torch.tensor([seq[min(k, len(seq) - 1)] for k in steps.tolist()], dtype=torch.float64)
+    begin = time.perf_counter()
+    got = s.lr_at(steps)[0]
+    far = s.lr_at(torch.full((100_000,), 10**9 + 7))
+    elapsed = time.perf_counter() - begin
+    assert torch.equal(bits(got), bits(want))
+    assert torch.equal(bits(far), bits(torch.full((1, 100_000), seq[-1], dtype=torch.float64)))
+    # The unanchored loop ran len(seq) ~ 1e6 multiplications per far step: 1e11 for these calls.
+    assert elapsed < 5.0, elapsed
+
+
+def test_step_decay_that_cannot_settle_in_bounded_memory_is_refused():
+    import time
+
+    from warmup_fused import schedules as S
+
+    begin = time.perf_counter()
+    with pytest.raises(ValueError, match=r"gamma: step_decay\(step_size=1, gamma=0\.9999999\)"):
+        S.step_decay(1, 0.9999999)
+    assert time.perf_counter() - begin < 10.0
+    s = S.step_decay(1, 0.9999, base_lr=[0.2])  # settles within the bound: accepted
+    assert s.table_bytes < 2**20
+
+
+def test_round_f32_overflow_is_inf_not_undefined():
+    """A double beyond float32's range converts to +-inf (numpy.float32), from the midpoint 2**128 - 2**103 on."""
+    big = [3.4028234663852886e38, 3.4028235677973362e38, 3.4028235677973366e38, 1e39, 1e300, math.inf]
+    for v in big:
+        got = Schedule([[(0, round_f32(STEP * 0.0 + v)), (1, round_f32(STEP * 0.0 - v))]]).lr_at(range(2))[0]
+        want = float(torch.tensor(v, dtype=torch.float64).float())
+        assert got.tolist() == [want, -want], v

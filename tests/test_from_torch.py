@@ -428,6 +428,19 @@ def test_reduce_on_plateau_is_refused():
         from_torch(sched, horizon=100)
 
 
+@pytest.mark.parametrize("bad,at", [(math.nan, 37), (math.inf, 5), (-math.inf, 1)])
+def test_non_finite_recorded_lr_is_refused(bad, at):
+    """A LambdaLR whose lambda returns NaN/inf at some step: refused, naming the step and the group; the live
+    scheduler and optimizer are left as they were."""
+    opt = make_opt(LRS[2])
+    sched = lrs.LambdaLR(opt, [lambda s: 0.99 ** s, lambda s: bad if s == at else 1.0 / (1 + s)])
+    before = ([g["lr"] for g in opt.param_groups], sched.last_epoch)
+    with pytest.raises(ValueError, match=rf"param_groups\[1\]\['lr'\] = -?(nan|inf) at step {at}\b"):
+        from_torch(sched, horizon=100)
+    assert ([g["lr"] for g in opt.param_groups], sched.last_epoch) == before
+    from_torch(sched, horizon=at)  # the bad step lies past the recording: fine
+
+
 @pytest.mark.parametrize("obj", [None, 0.1, "cosine", make_opt([0.1]), lambda s: 1.0])
 def test_non_scheduler_is_refused(obj):
     with pytest.raises(TypeError, match="scheduler"):

@@ -253,7 +253,11 @@ def _record(sched, steps: int):
         for t in range(steps):
             for g, group in enumerate(groups):
                 lr = group["lr"]
-                rows[g].append(float(lr.item()) if isinstance(lr, torch.Tensor) else float(lr))
+                lr = float(lr.item()) if isinstance(lr, torch.Tensor) else float(lr)
+                if not math.isfinite(lr):
+                    raise ValueError(f"scheduler: {type(sched).__name__} sets param_groups[{g}]['lr'] = {lr} at step "
+                                     f"{t}; a schedule needs finite LRs")
+                rows[g].append(lr)
             if t + 1 < steps:
                 twin.step()
     return tuple(tuple(r) for r in rows)

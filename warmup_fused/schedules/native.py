@@ -355,9 +355,10 @@ def step_decay(step_size: int, gamma: float = 0.1, *, warmup: Union[int, Warmup]
     try:
         return _warmup_then("step_decay", warmup, [(0, repeat_mul(BASE, g, STEP // float(size)))], local=True,
                             **common)
-    except UnsettledProduct as exc:
-        raise ValueError(f"gamma: step_decay(step_size={size}, gamma={g!r}) decays too slowly to be exact at "
-                         f"every step in bounded time ({exc}). Use exponential_decay (torch's closed form) or "
+    except UnsettledProduct:
+        raise ValueError(f"gamma: step_decay(step_size={size}, gamma={g!r}): the product base * gamma * ... keeps "
+                         "changing after 2**26 decays, so it cannot be exact at every step in bounded time and memory "
+                         "(2 MiB of anchors per base LR at most). Use exponential_decay (torch's closed form) or "
                          "from_torch(StepLR(...), horizon=...) (recorded)") from None
 
 
