@@ -553,3 +553,135 @@ def test_fuzz_transformers(kind, warmup, total, lr, num_cycles):
         total += 1  # the reference divides by num_training_steps - num_warmup_steps (ZeroDivisionError)
     lrs_ = [lr, lr * 0.37]
     check(lambda o: _FUZZ[kind](o, warmup, total, num_cycles), lrs_, "cpu", steps=FUZZ_STEPS, closed=True)
+
+
+# --------------------------------------------------------------------------- momentum channel, tensor lrs
+def _record_momentum(opt, sched, steps, key):
+    lr_rows, mom_rows = [[] for _ in opt.param_groups], [[] for _ in opt.param_groups]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for t in range(steps):
+            for g, group in enumerate(opt.param_groups):
+                lr_rows[g].append(float(group["lr"]))
+                mom_rows[g].append(float(group["betas"][0] if key == "betas" else group["momentum"]))
+            opt.step()
+            if t + 1 < steps:
+                sched.step()
+    return torch.tensor(lr_rows, dtype=torch.float64), torch.tensor(mom_rows, dtype=torch.float64)
+
+
+MOMENTUM_OPTS = {
+    "SGD": (lambda g: torch.optim.SGD(g, lr=0.1, momentum=0.9), "momentum"),
+    "SGD-nesterov": (lambda g: torch.optim.SGD(g, lr=0.1, momentum=0.5, nesterov=True), "momentum"),
+    "Adam": (lambda g: torch.optim.Adam(g, lr=1e-3, betas=(0.9, 0.99)), "betas"),
+    "AdamW": (lambda g: torch.optim.AdamW(g, lr=1e-3), "betas"),
+}
+CYCLERS = {
+    "OneCycleLR-cos": lambda o, n, c: lrs.OneCycleLR(o, max_lr=[3 * g["lr"] for g in o.param_groups], total_steps=n,
+                                                     cycle_momentum=c),
+    "OneCycleLR-linear-3": lambda o, n, c: lrs.OneCycleLR(o, max_lr=0.02, total_steps=n, anneal_strategy="linear",
+                                                          three_phase=True, base_momentum=[0.8, 0.7, 0.75][:len(
+                                                              o.param_groups)], max_momentum=0.97, cycle_momentum=c),
+    "CyclicLR-exp_range": lambda o, n, c: lrs.CyclicLR(o, 1e-4, 3e-3, step_size_up=97, step_size_down=211,
+                                                       mode="exp_range", gamma=0.9993, cycle_momentum=c),
+    "CyclicLR-triangular2": lambda o, n, c: lrs.CyclicLR(o, [1e-4, 2e-4, 3e-4][:len(o.param_groups)], 1e-2,
+                                                         step_size_up=150, mode="triangular2", base_momentum=0.7,
+                                                         max_momentum=[0.9, 0.95, 0.99][:len(o.param_groups)],
+                                                         cycle_momentum=c),
+    "SequentialLR-warmup-OneCycleLR": lambda o, n, c: lrs.SequentialLR(
+        o, [lrs.LinearLR(o, 0.1, total_iters=50), lrs.OneCycleLR(o, max_lr=0.05, total_steps=n, cycle_momentum=c)],
+        milestones=[50]),
+}
+
+
+@pytest.mark.parametrize("cycle", [True, False])
+@pytest.mark.parametrize("opt_name", sorted(MOMENTUM_OPTS))
+@pytest.mark.parametrize("name", sorted(CYCLERS))
+def test_cycled_momentum_is_recorded(name, opt_name, cycle, device):
+    make, key = MOMENTUM_OPTS[opt_name]
+    groups = [{"params": [torch.nn.Parameter(torch.randn(3))], "lr": lr} for lr in LRS[3]]
+    opt = make(groups)
+    n = 1500
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        sched = CYCLERS[name](opt, n, cycle)
+    s = from_torch(sched, horizon=n)
+    assert s.has_momentum == cycle and not s.relative
+    lr, mom = _record_momentum(opt, sched, n, key)
+    assert_bits_equal(s.lr_at(range(n), device), lr, name)
+    if cycle:
+        assert_bits_equal(s.momentum_at(range(n), device), mom, f"{name} {key}")
+        assert len(set(mom[0].tolist())) > 10  # it really cycles
+        # Past the recording the last value holds, as for the LR.
+        far = torch.tensor([n, 2**40])
+        assert_bits_equal(s.momentum_at(far, device), mom[:, -1:].expand(-1, 2), "held")
+    else:
+        with pytest.raises(ValueError, match="momentum"):
+            s.momentum_at(range(3))
+
+
+def _tensor_lr_opt(dtype, lrs_=LRS[2]):
+    groups = [{"params": [torch.nn.Parameter(torch.randn(2))], "lr": torch.tensor(lr, dtype=dtype)} for lr in lrs_]
+    return torch.optim.SGD(groups, lr=0.1)
+
+
+def _reference_tensor(opt, sched, steps):
+    rows = [[] for _ in opt.param_groups]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for t in range(steps):
+            for g, group in enumerate(opt.param_groups):
+                rows[g].append(float(group["lr"].item()))
+            opt.step()
+            if t + 1 < steps:
+                sched.step()
+    return torch.tensor(rows, dtype=torch.float64)
+
+
+TENSOR_LR_CLOSED = {
+    "linear": lambda o: hf.get_linear_schedule_with_warmup(o, 137, 2500),
+    "cosine": lambda o: hf.get_cosine_schedule_with_warmup(o, 50, 2900, num_cycles=0.7),
+    "hard_restarts": lambda o: hf.get_cosine_with_hard_restarts_schedule_with_warmup(o, 0, 2000, num_cycles=3),
+    "inverse_sqrt": lambda o: hf.get_inverse_sqrt_schedule(o, 300),
+    "wsd": lambda o: hf.get_wsd_schedule(o, 100, 700, num_stable_steps=900, decay_type="cosine", min_lr_ratio=0.05),
+    "constant_with_warmup": lambda o: hf.get_constant_schedule_with_warmup(o, 333),
+}
+if GradualWarmupScheduler is not None:
+    TENSOR_LR_CLOSED["GradualWarmupScheduler-m1"] = lambda o: GradualWarmupScheduler(o, 1, 777)
+    TENSOR_LR_CLOSED["GradualWarmupScheduler-m3.7"] = lambda o: GradualWarmupScheduler(o, 3.7, 1234)
+    TENSOR_LR_CLOSED["GradualWarmupScheduler-m4-int"] = lambda o: GradualWarmupScheduler(o, 4, 50)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("name", sorted(TENSOR_LR_CLOSED))
+def test_tensor_lr_closed_form(name, dtype, device):
+    """A tensor lr: LRScheduler computes base_lr * factor in the tensor's dtype and fill_()s it in; the
+    closed-form conversion mirrors that (float32: the factor and the product rounded to float32)."""
+    opt = _tensor_lr_opt(dtype, [0.0123, 0.7])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        sched = TENSOR_LR_CLOSED[name](opt)
+    s = from_torch(sched, horizon=3000)
+    assert is_closed_form(s)
+    expect = _reference_tensor(opt, sched, 3000)
+    assert_bits_equal(s.lr_at(range(3000), device), expect, f"{name} {dtype}")
+
+
+def test_tensor_lr_of_other_dtypes_is_refused_by_name():
+    opt = _tensor_lr_opt(torch.bfloat16)
+    with pytest.raises(ValueError, match=r"param_groups\[0\]\['lr'\] is a torch.bfloat16 tensor"):
+        from_torch(hf.get_linear_schedule_with_warmup(opt, 10, 100))
+    # recorded conversions take the stored values whatever the dtype
+    s = from_torch(lrs.StepLR(_tensor_lr_opt(torch.bfloat16), 7, 0.5), horizon=50)
+    assert s.lr_at(range(50)).shape == (2, 50)
+
+
+@needs_gws
+def test_gradual_warmup_with_reduce_on_plateau_is_refused_by_name():
+    opt = make_opt(LRS[2])
+    sched = GradualWarmupScheduler(opt, 2.0, 10, after_scheduler=lrs.ReduceLROnPlateau(opt))
+    before = ([g["lr"] for g in opt.param_groups], sched.last_epoch)
+    for horizon in (None, 100):
+        with pytest.raises(TypeError, match="GradualWarmupScheduler drives a ReduceLROnPlateau.*metric"):
+            from_torch(sched, horizon=horizon)
+    assert ([g["lr"] for g in opt.param_groups], sched.last_epoch) == before

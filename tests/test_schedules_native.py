@@ -390,6 +390,68 @@ def test_one_cycle(device, n, pct, anneal, three):
     assert_bits(s.lr_at(torch.tensor(FAR), device), real[:, -1:].expand(-1, len(FAR)), "one_cycle far")
 
 
+def drive_with_momentum(make, steps, key, opt_factory):
+    """(lr, momentum) of every group during iteration t of the canonical loop."""
+    groups = [{"params": [torch.nn.Parameter(torch.zeros(1))], "lr": b} for b in BASES]
+    opt = opt_factory(groups)
+    lr, mom = [[] for _ in BASES], [[] for _ in BASES]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        sched = make(opt)
+        for t in range(steps):
+            for g, group in enumerate(opt.param_groups):
+                lr[g].append(float(group["lr"]))
+                mom[g].append(float(group["betas"][0] if key == "betas" else group["momentum"]))
+            opt.step()
+            if t + 1 < steps:
+                sched.step()
+    return torch.tensor(lr, dtype=torch.float64), torch.tensor(mom, dtype=torch.float64)
+
+
+ONE_CYCLE_OPTS = {"SGD": (lambda g: torch.optim.SGD(g, lr=0.1, momentum=0.9), "momentum"),
+                  "AdamW": (lambda g: torch.optim.AdamW(g, lr=0.1), "betas")}
+
+
+@pytest.mark.parametrize("opt_name", sorted(ONE_CYCLE_OPTS))
+@pytest.mark.parametrize("n,kw", [
+    (9000, dict()),  # torch's defaults: pct_start 0.3, cos, base_momentum 0.85, max_momentum 0.95
+    (H, dict(pct_start=0.25, anneal_strategy="linear", three_phase=True, base_momentum=[0.8, 0.7, 0.6],
+             max_momentum=0.99, div_factor=20.0, final_div_factor=1e3)),
+    (3001, dict(pct_start=0.45, three_phase=True, base_momentum=0.5, max_momentum=[0.9, 0.95, 0.97])),
+    # torch's own test configurations (test_onecycle_lr_*)
+    (10, dict(final_div_factor=2, base_momentum=1, max_momentum=22, anneal_strategy="linear")),
+    (10, dict(div_factor=25, base_momentum=1, max_momentum=22, anneal_strategy="linear", pct_start=0.4,
+              final_div_factor=4, three_phase=True)),
+    (10, dict(final_div_factor=2, base_momentum=1, max_momentum=22)),
+])
+def test_one_cycle_momentum(device, opt_name, n, kw):
+    """one_cycle's LR and momentum channel equal torch's OneCycleLR (cycle_momentum=True) bit for bit: SGD's
+    momentum or AdamW's betas[0] as the scheduler leaves them in each group at every step."""
+    make_opt, key = ONE_CYCLE_OPTS[opt_name]
+    lr, mom = drive_with_momentum(lambda o: lrs.OneCycleLR(o, list(BASES), total_steps=n, **kw), n, key, make_opt)
+    assert len(set(mom[0].tolist())) > 2
+    s = S.one_cycle(n, **kw, **opts(device))
+    assert s.has_momentum
+    assert_bits(s.lr_at(range(n), device), lr, "one_cycle lr")
+    assert_bits(s.momentum_at(range(n), device), mom, "one_cycle momentum")
+    held = torch.tensor([n, n + 1] + FAR)
+    assert_bits(s.momentum_at(held, device), mom[:, -1:].expand(-1, len(held)), "one_cycle momentum held")
+    off = S.one_cycle(n, cycle_momentum=False, **{k: v for k, v in kw.items() if "momentum" not in k}, **opts(device))
+    assert not off.has_momentum
+    assert_bits(off.lr_at(range(n), device), lr, "one_cycle lr without momentum")
+
+
+def test_one_cycle_momentum_errors():
+    with pytest.raises(ValueError, match="base_momentum"):
+        S.one_cycle(100, base_momentum=-0.1)
+    with pytest.raises(ValueError, match=r"max_momentum\[1\]"):
+        S.one_cycle(100, max_momentum=[0.9, float("nan")])
+    with pytest.raises(ValueError, match="base_momentum"):
+        S.one_cycle(100, base_momentum=[0.8, 0.7], base_lr=[0.1, 0.2, 0.3])
+    with pytest.raises(TypeError, match="cycle_momentum"):
+        S.one_cycle(100, cycle_momentum="yes")
+
+
 # --------------------------------------------------------------------------- combinators
 def test_sequential(device):
     a = S.constant(warmup=S.linear_warmup_from(100, 0.01), **opts(device))

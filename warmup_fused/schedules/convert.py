@@ -3,13 +3,15 @@
 Three routes, in order:
 1. transformers' ``get_*_schedule*`` LambdaLRs (a functools.partial of a known function, or
    get_constant_schedule's own function) and ``warmup_scheduler.GradualWarmupScheduler`` without an
-   after_scheduler become closed-form programs that mirror the reference's expression tree: exact at
-   every step, no horizon needed.
+   after_scheduler become closed-form programs that mirror the reference's expression tree (including
+   the float32 arithmetic of a float32 tensor ``lr``): exact at every step, no horizon needed.
 2. Schedulers that become constant after a known step (ConstantLR, LinearLR, MultiStepLR, PolynomialLR,
    OneCycleLR) are recorded up to that step by running a detached copy; the last value then holds
    forever, which is what the reference does (OneCycleLR raises past total_steps; we hold its last LR).
 3. Anything else (recursive schedulers, unknown lambdas, chains) is recorded over ``horizon`` steps,
    holding the last value past it; without ``horizon`` it is refused: we never approximate silently.
+Recorded schedulers that cycle momentum (OneCycleLR, CyclicLR) also record it, into the schedule's momentum
+channel. ReduceLROnPlateau (alone or inside another scheduler) is refused: it follows a metric, not the step.
 """
 from __future__ import annotations
 
@@ -22,7 +24,7 @@ from typing import Callable
 import torch
 from torch.optim import lr_scheduler as lrs
 
-from .._expr import BASE, LOCAL, PI, STEP, Expr, cos, pmax, pmin, sqrt
+from .._expr import BASE, PI, STEP, Expr, cos, lift, pmax, round_f32, sqrt
 from ._schedule import Recorded, Schedule, normalise_phases
 
 
@@ -175,28 +177,42 @@ def _hf_phases(fn) -> list | None:
     kw.update(keywords)
     if any(p.kind is p.KEYWORD_ONLY and k not in kw for k, p in params.items()):
         return None  # not the call the reference makes: let it be recorded (and fail as it would)
+    if any(isinstance(v, torch.Tensor) for v in kw.values()):
+        return None  # e.g. lr_init = a tensor optimizer.defaults['lr'] that the scheduler itself rewrites: recorded
     return normalise_phases(build(kw))
 
 
 # ------------------------------------------------------------ helpers
-def _lambda_phases(sched: lrs.LambdaLR):
+def _lambda_factors(sched: lrs.LambdaLR):
+    """Per group, the transformers lambda's phases as (begin, factor), or None if one is not known."""
     per_group = []
     for fn in sched.lr_lambdas:
         phases = _hf_phases(fn)
         if phases is None:
             return None
-        per_group.append([(b, BASE * e) for b, e in phases])
+        per_group.append(phases)
     return per_group
 
 
-def _gradual_warmup_phases(sched):
-    """GradualWarmupScheduler (ildoonet/pytorch-gradual-warmup-lr) without an after_scheduler."""
+def _gradual_warmup_factors(sched):
+    """GradualWarmupScheduler (ildoonet/pytorch-gradual-warmup-lr) without an after_scheduler: its get_lr
+    multiplies base_lr by float(last_epoch) / total_epoch (multiplier 1) or (multiplier - 1.) * last_epoch /
+    total_epoch + 1., then by multiplier from total_epoch + 1 on."""
     m, total = sched.multiplier, sched.total_epoch
-    if m == 1.0:
-        warm = BASE * (STEP / total)  # float(last_epoch) / total_epoch; an int total is exact as float
-    else:
-        warm = BASE * ((m - 1.0) * STEP / total + 1.0)
-    return [[(0, warm), (total + 1, BASE * m)]]
+    warm = STEP / total if m == 1.0 else (m - 1.0) * STEP / total + 1.0  # an int total is exact as float
+    return [[(0, warm), (total + 1, lift(m))]] * len(sched.optimizer.param_groups)
+
+
+def _lr_times(factor: Expr, g: int, lr) -> Expr:
+    """``base_lr * factor`` as LRScheduler computes and stores it: in Python floats for a float ``lr``; for a
+    tensor ``lr``, base_lr is a tensor of its dtype, so the product is tensor arithmetic (the factor rounded to
+    the tensor's dtype, then the product rounded) and is fill_()ed into the tensor."""
+    if not isinstance(lr, torch.Tensor) or lr.dtype == torch.float64:
+        return BASE * factor
+    if lr.dtype == torch.float32:  # float32 x float32 is exact in double: one rounding, as float32 arithmetic
+        return round_f32(BASE * round_f32(factor))
+    raise ValueError(f"scheduler: param_groups[{g}]['lr'] is a {lr.dtype} tensor; closed-form conversion mirrors "
+                     "float, float32 and float64 LRs only")
 
 
 def _settles_after(sched) -> int | None:
@@ -225,20 +241,43 @@ def _detached_copy(sched):
     return copy.deepcopy(sched, memo)
 
 
-def _steps_taken(sched) -> int:
-    """The scheduler's last_epoch, or its children's (ChainedScheduler has none of its own; SequentialLR and
-    GradualWarmupScheduler delegate to theirs)."""
-    epoch = getattr(sched, "last_epoch", 0)
-    taken = epoch if isinstance(epoch, int) else 0
+def _tree(sched):
+    """The scheduler and those it drives (SequentialLR's and ChainedScheduler's _schedulers,
+    GradualWarmupScheduler's after_scheduler), depth first."""
+    yield sched
     children = list(getattr(sched, "_schedulers", ()) or ()) + [getattr(sched, "after_scheduler", None)]
     for child in children:
-        if isinstance(child, lrs.LRScheduler):
-            taken = max(taken, _steps_taken(child))
-    return taken
+        if isinstance(child, (lrs.LRScheduler, lrs.ReduceLROnPlateau)):
+            yield from _tree(child)
 
 
-def _record(sched, steps: int):
-    """Runs a copy of the reference loop: values[g][t] = param_groups[g]['lr'] during iteration t."""
+def _steps_taken(sched) -> int:
+    """The largest last_epoch in the tree (ChainedScheduler has none of its own; SequentialLR and
+    GradualWarmupScheduler delegate to theirs)."""
+    epochs = [getattr(s, "last_epoch", 0) for s in _tree(sched)]
+    return max(e if isinstance(e, int) else 0 for e in epochs)
+
+
+def _momentum_key(sched) -> str | None:
+    """Where the cycled momentum lives ('momentum' or 'betas') when a scheduler in the tree cycles it
+    (OneCycleLR, CyclicLR with cycle_momentum=True), else None."""
+    for s in _tree(sched):
+        if getattr(s, "cycle_momentum", False):
+            return "betas" if getattr(s, "use_beta1", False) else "momentum"
+    return None
+
+
+def _finite(name: str, sched, g: int, t: int, value) -> float:
+    value = float(value.item()) if isinstance(value, torch.Tensor) else float(value)
+    if not math.isfinite(value):
+        raise ValueError(f"scheduler: {type(sched).__name__} sets param_groups[{g}]{name} = {value} at step {t}; "
+                         "a schedule needs finite values")
+    return value
+
+
+def _record(sched, steps: int, momentum_key: str | None):
+    """Runs a copy of the reference loop: values[g][t] = param_groups[g]['lr'] during iteration t, and the
+    momentum (``group['momentum']`` or ``group['betas'][0]``) when ``momentum_key`` is given."""
     taken = _steps_taken(sched)
     if taken != 0:
         raise ValueError(
@@ -248,19 +287,23 @@ def _record(sched, steps: int):
     twin = _detached_copy(sched)
     groups = twin.optimizer.param_groups
     rows = [[] for _ in groups]
+    momenta = [[] for _ in groups] if momentum_key else None
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         for t in range(steps):
             for g, group in enumerate(groups):
-                lr = group["lr"]
-                lr = float(lr.item()) if isinstance(lr, torch.Tensor) else float(lr)
-                if not math.isfinite(lr):
-                    raise ValueError(f"scheduler: {type(sched).__name__} sets param_groups[{g}]['lr'] = {lr} at step "
-                                     f"{t}; a schedule needs finite LRs")
-                rows[g].append(lr)
+                rows[g].append(_finite("['lr']", sched, g, t, group["lr"]))
+                if momenta is not None:
+                    if momentum_key not in group:
+                        raise ValueError(f"scheduler: {type(sched).__name__} cycles momentum but param_groups[{g}] "
+                                         f"has no '{momentum_key}'")
+                    where = "['betas'][0]" if momentum_key == "betas" else "['momentum']"
+                    value = group["betas"][0] if momentum_key == "betas" else group["momentum"]
+                    momenta[g].append(_finite(where, sched, g, t, value))
             if t + 1 < steps:
                 twin.step()
-    return tuple(tuple(r) for r in rows)
+    as_rows = lambda r: tuple(tuple(x) for x in r)  # noqa: E731
+    return as_rows(rows), (as_rows(momenta) if momenta is not None else None)
 
 
 def _base_lrs(sched) -> list[float]:
@@ -276,6 +319,12 @@ def from_torch(scheduler, *, horizon: int | None = None, exact: bool = True,
     ``horizon`` (steps) bounds recording for schedulers that are not closed-form; past it the last
     recorded value holds. Closed-form conversions use it only to size exact-mode tables.
     timm's schedulers are converted by ``convert_timm.from_timm`` (``steps_per_epoch`` is theirs).
+
+    The result is absolute: its LRs are the scheduler's own (an optimizer uses them as they are). When the
+    scheduler cycles momentum (OneCycleLR / CyclicLR with ``cycle_momentum=True``, also inside SequentialLR,
+    ChainedScheduler or GradualWarmupScheduler), the momentum (SGD) or ``betas[0]`` (Adam, AdamW) it leaves
+    in each param group is recorded too, as the schedule's momentum channel. A tensor ``lr`` is mirrored as
+    torch stores it (float32 rounding for a float32 tensor).
     """
     if horizon is not None and (isinstance(horizon, bool) or not isinstance(horizon, int) or horizon < 1):
         raise ValueError(f"horizon must be None or an int >= 1, got {horizon!r}")
@@ -286,24 +335,29 @@ def from_torch(scheduler, *, horizon: int | None = None, exact: bool = True,
     if steps_per_epoch is not None:
         raise ValueError("steps_per_epoch applies to timm's epoch-based schedulers; a torch scheduler is "
                          "converted per scheduler.step()")
-    if isinstance(scheduler, lrs.ReduceLROnPlateau):  # an LRScheduler subclass in recent torch
-        raise TypeError("scheduler: ReduceLROnPlateau depends on metrics, not on the step; it cannot be "
-                        "computed on the device")
-    if not isinstance(scheduler, lrs.LRScheduler):
+    if not isinstance(scheduler, (lrs.LRScheduler, lrs.ReduceLROnPlateau)):
         raise TypeError(f"scheduler must be a torch.optim.lr_scheduler.LRScheduler, got "
                         f"{type(scheduler).__name__}")
+    for s in _tree(scheduler):
+        if isinstance(s, lrs.ReduceLROnPlateau):  # an LRScheduler subclass in recent torch
+            where = "" if s is scheduler else f"{type(scheduler).__name__} drives a ReduceLROnPlateau: "
+            raise TypeError(f"scheduler: {where}ReduceLROnPlateau changes the LR from a metric (step(metrics)), "
+                            "not from the step count, so it cannot be computed on the device")
     name = type(scheduler).__name__
     base_lrs = _base_lrs(scheduler)
 
-    phases = None
+    factors = None
     if type(scheduler) is lrs.LambdaLR:
-        phases = _lambda_phases(scheduler)
-        if phases is not None:
+        factors = _lambda_factors(scheduler)
+        if factors is not None:
             fn = scheduler.lr_lambdas[0]
             name = getattr(fn, "func", fn).__name__.strip("_")
     elif type(scheduler).__name__ == "GradualWarmupScheduler" and getattr(scheduler, "after_scheduler", 1) is None:
-        phases = _gradual_warmup_phases(scheduler)
-    if phases is not None:
+        factors = _gradual_warmup_factors(scheduler)
+    if factors is not None:
+        groups = scheduler.optimizer.param_groups
+        phases = [[(b, _lr_times(lift(f), g, group["lr"])) for b, f in per]
+                  for g, (per, group) in enumerate(zip(factors, groups))]
         if horizon is None and type(scheduler) is lrs.LambdaLR:
             # transformers' schedules end at num_training_steps: table their transcendental phases up to it.
             total = getattr(scheduler.lr_lambdas[0], "keywords", {}).get("num_training_steps")
@@ -320,8 +374,9 @@ def from_torch(scheduler, *, horizon: int | None = None, exact: bool = True,
         steps = settle + 1
     else:
         steps = horizon if settle is None else min(horizon, settle + 1)
-    values = _record(scheduler, steps)
-    return Schedule([[(0, Recorded(values))]], base_lrs,
+    values, momenta = _record(scheduler, steps, _momentum_key(scheduler))
+    momentum = None if momenta is None else [[(0, Recorded(momenta))]]
+    return Schedule([[(0, Recorded(values))]], base_lrs, momentum=momentum,
                     horizon=horizon if horizon is not None else steps, exact=exact, name=name)
 
 
