@@ -11,7 +11,6 @@ switch schedulers by hand are not the canonical loop and are left out; ReduceLRO
 """
 from __future__ import annotations
 
-import math
 import warnings
 
 import pytest

@@ -14,7 +14,7 @@ import torch
 from torch.optim import lr_scheduler as lrs
 
 from warmup_fused import schedules as S
-from warmup_fused._expr import BASE, LOCAL, STEP, cos, pmax, repeat_mul
+from warmup_fused._expr import BASE, LOCAL, STEP, cos, lift, pmax, repeat_mul
 from warmup_fused.schedules import Recorded, Schedule, from_torch
 
 FAR = [2**31 + 5, 2**40 + 3, 2**52 + 1]
@@ -195,16 +195,11 @@ def test_momentum_errors():
     with pytest.raises(ValueError, match="momentum"):
         Schedule([[(0, BASE)]], momentum=[[(0, BASE * 0.9)]])
     with pytest.raises(ValueError, match="momentum"):
-        Schedule([[(0, BASE)]], [0.1, 0.2], momentum=[[(0, lift_(0.9))]] * 3)
+        Schedule([[(0, BASE)]], [0.1, 0.2], momentum=[[(0, lift(0.9))]] * 3)
     with pytest.raises(ValueError, match="momentum"):
         S.constant().momentum_at(range(3))
     with pytest.raises(ValueError, match="momentum"):
         S.sequential([S.one_cycle(100), S.constant()], [50])
-
-
-def lift_(x):
-    from warmup_fused._expr import lift
-    return lift(x)
 
 
 def test_sequential_joins_momentum_channels():
@@ -221,6 +216,7 @@ def test_sequential_joins_momentum_channels():
 # --------------------------------------------------------------------------- lr_at argument handling
 def test_lr_at_empty_and_huge_ranges():
     s = S.linear_decay(100, base_lr=fresh_lrs(2))
+    before = s.lr_at(range(150))
     for empty in (range(5, 0), range(0), range(3, 3)):
         out = s.lr_at(empty)
         assert out.shape == (2, 0) and out.dtype == torch.float64
@@ -233,6 +229,7 @@ def test_lr_at_empty_and_huge_ranges():
         s.lr_at(range(2**53 - 2, 2**53 + 2))
     with pytest.raises(ValueError, match="steps"):
         s.lr_at(2**64)
+    assert_bits(s.lr_at(range(150)), before)  # the refused calls changed nothing
 
 
 # --------------------------------------------------------------------------- state_dict

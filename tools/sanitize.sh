@@ -22,7 +22,7 @@ else
   work="$(mktemp -d)"; trap 'rm -rf "$work"' EXIT
 fi
 if (($# == 0)); then
-  set -- tests/test_engine.py tests/test_engine_fuzz.py tests/test_schedule_api.py \
+  set -- tests/test_engine.py tests/test_engine_fuzz.py tests/test_schedule_api.py tests/test_reference_suites.py \
          tests/test_schedules_native.py tests/test_from_torch.py
 fi
 

@@ -5,8 +5,9 @@ import copy
 import math
 import numbers
 import struct
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence, Union
+from typing import Union
 
 import numpy as np
 import torch

@@ -40,7 +40,7 @@ from dataclasses import dataclass
 from typing import Sequence, Union
 
 from .._expr import _BASE, BASE, LOCAL, PI, STEP, Expr, Op, cos, exp, lift, pmax, pmin, repeat_mul, sqrt
-from ._schedule import MAX_STEP, Recorded, Schedule, UnsettledProduct, lr_list, normalise_phases
+from ._schedule import MAX_STEP, Schedule, UnsettledProduct, lr_list, normalise_phases
 
 Number = Union[int, float]
 
