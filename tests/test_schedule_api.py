@@ -100,6 +100,20 @@ def test_from_torch_is_absolute_and_keeps_its_own_lrs():
         s.with_base_lrs([0.05])
 
 
+def test_one_group_recorded_schedule_repeats_over_groups_with_its_own_lr():
+    """from_torch of a one-group scheduler may drive several param groups, all at its own LRs (and momentum)."""
+    s = from_torch(lrs.OneCycleLR(sgd([0.05]), max_lr=0.3, total_steps=300))
+    wide = s.with_base_lrs(list(s.base_lrs) * 3)
+    assert wide.num_groups == 3 and wide.has_momentum and not wide.relative
+    assert_bits(wide.lr_at(range(320)), s.lr_at(range(320)).expand(3, -1))
+    assert_bits(wide.momentum_at(range(320)), s.momentum_at(range(320)).expand(3, -1))
+    with pytest.raises(ValueError, match="base_lrs"):
+        s.with_base_lrs([s.base_lrs[0], 0.3])
+    loaded = Schedule.from_state_dict(s.state_dict())
+    with pytest.raises(ValueError, match="state_dict"):
+        loaded.with_base_lrs(list(s.base_lrs) * 2)
+
+
 @pytest.mark.parametrize("make", [
     lambda: S.constant(base_lr=torch.tensor(0.1)),
     lambda: S.step_decay(10, base_lr=torch.tensor([0.1, 0.2])),

@@ -111,6 +111,11 @@ def _check_recorded(name: str, body: Recorded, groups: int) -> None:
                 raise ValueError(f"{name}: recorded value {v!r} of group {g} at local step {i} is not a finite number")
 
 
+def _repeat(channel, n: int) -> list:
+    """A 1-group channel for n groups (recorded rows repeated)."""
+    return [[(b, Recorded(body.values * n) if isinstance(body, Recorded) else body) for b, body in channel[0]]] * n
+
+
 def _has_recorded(channel) -> bool:
     return any(isinstance(body, Recorded) for group in channel for _, body in group)
 
@@ -222,34 +227,30 @@ class Schedule:
         """The same schedule, absolute, for these base LRs (one per group, or any number for a 1-group schedule).
 
         Closed-form phases are rebuilt for the new base LRs; recorded phases hold absolute values and accept
-        only their own base LRs (bit for bit), as does a schedule loaded from a state_dict. The momentum
-        channel is kept as it is.
+        only their own base LRs (bit for bit; a 1-group schedule may be repeated over several groups with its
+        own LR), as does a schedule loaded from a state_dict (not repeated). The momentum channel is kept.
         """
         lrs = lr_list("base_lrs", base_lrs)
-        if len(lrs) != self.num_groups and self.num_groups != 1:
-            raise ValueError(f"base_lrs: this schedule has {self.num_groups} groups, got {len(lrs)} base LRs")
-        own = _bits_equal(lrs, self.base_lrs)
-        if own and not self.relative:
-            return self
+        n = len(lrs)
+        if n != self.num_groups and self.num_groups != 1:
+            raise ValueError(f"base_lrs: this schedule has {self.num_groups} groups, got {n} base LRs")
+        own = _bits_equal(lrs, self.base_lrs * (n if self.num_groups == 1 else 1))
+        if own and n == self.num_groups:
+            return self._absolute_copy() if self.relative else self
         if self._phases is None:
-            if own:
-                return self._absolute_copy()
             raise ValueError(
                 f"base_lrs: {self.name} was loaded from a state_dict, which keeps only its compiled program, so it "
                 f"binds only to its own base LRs {list(self.base_lrs)}, not to {list(lrs)} (rebuild it from its "
                 "constructor to rebind it)"
             )
-        if _has_recorded(self._phases):
-            if own:
-                return self._absolute_copy()
+        if not own and _has_recorded(self._phases):
             raise ValueError(
                 f"base_lrs: {self.name} holds values recorded for base LRs {list(self.base_lrs)}; "
                 f"it cannot be rescaled to {list(lrs)}"
             )
         phases, momentum = self._phases, self._momentum
-        if len(lrs) != self.num_groups:
-            phases = phases * len(lrs)
-            momentum = None if momentum is None else momentum * len(lrs)
+        if n != self.num_groups:
+            phases, momentum = _repeat(phases, n), momentum and _repeat(momentum, n)
         return Schedule(phases, lrs, momentum=momentum, steps_per_epoch=self.steps_per_epoch,
                         horizon=self.horizon, exact=self.exact, name=self.name)
 
