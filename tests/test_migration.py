@@ -176,15 +176,6 @@ def step_scheduler(sched, t: int) -> None:
         sched.step()
 
 
-def _momentum_dropped(request, sched_name: str) -> None:
-    if sched_name in CYCLES_MOMENTUM:
-        request.applymarker(pytest.mark.xfail(strict=True, reason=(
-            "from_torch records only the LR: OneCycleLR/CyclicLR(cycle_momentum=True) convert to a schedule "
-            "without a momentum channel (has_momentum False), so once the torch scheduler stops writing "
-            "param_groups, beta1/momentum stay at their last host value instead of cycling (a silently dropped "
-            "hyperparameter; graph replays would not cycle it either)")))
-
-
 # ReduceLROnPlateau depends on a metric: it stays on the host (from_torch refuses it, tested below).
 ROUTES = [(route, s) for route in ("scheduler", "converted", "device") for s in SCHEDULERS
           if route == "scheduler" or s != "ReduceLROnPlateau"]
@@ -198,8 +189,6 @@ def test_torch_scheduler_on_our_optimizer(request, route, sched_name, name):
     converted: the same, plus opt.set_schedule(from_torch(sched)) right after construction, the scheduler still
     stepping (must change nothing). device: converted, then the scheduler is no longer stepped: the device
     schedule alone gives every LR, and param_groups still show torch's values."""
-    if route == "device":
-        _momentum_dropped(request, sched_name)
     tw = Twins(name, seed=len(sched_name))
     tw.shows_last_used = route == "device"
     make = SCHEDULERS[sched_name]
