@@ -58,6 +58,7 @@ BYTES_NOTE = {"AdamW": "28 B/param: read p,g,m,v + write p,m,v (fp32)",
               "SGD": "20 B/param: read p,g,buf + write p,buf (fp32, momentum)"}
 SCHEDULE = (5, 1000)  # warmup steps, total steps of the cosine schedule
 OUTLIER_FACTOR = 10.0  # a round slower than this x an implementation's median is an outlier
+MIN_ROUNDS = 5  # rounds every set gets, whatever --budget says
 PARITY = "parity within noise"
 
 OURS, CONST_LR, COMPILED = "ours", "ours-constlr", "torch-compiled"
@@ -342,8 +343,22 @@ def _bits_equal(a, b) -> bool:
 
 
 # --------------------------------------------------------------------------- one set
-def run_set(name: str, shapes, kind: str, impls: list[str], device: str, cfg: dict, gen, bar) -> list[dict]:
-    """All `impls` of one set and optimizer, interleaved in rotating rounds; one result row each."""
+def run_set(name: str, shapes, kind: str, impls: list[str], device: str, cfg: dict, gen, bar,
+            time_share: float | None = None) -> list[dict]:
+    """All `impls` of one set and optimizer, interleaved in rotating rounds; one result row each. Rounds stop
+    early (after at least MIN_ROUNDS) once they have used `time_share` seconds. The host-overhead set runs
+    single-threaded on CPU: its arithmetic is negligible, and idle intra-op threads would only add their
+    spin-waits to process_time."""
+    threads = torch.get_num_threads()
+    if name == HOST_SET and device == "cpu":
+        torch.set_num_threads(1)
+    try:
+        return _run_set(name, shapes, kind, impls, device, cfg, gen, bar, time_share)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _run_set(name, shapes, kind, impls, device, cfg, gen, bar, time_share) -> list[dict]:
     master_p = [torch.randn(s, generator=gen, device=device) for s in shapes]
     master_g = [torch.randn(s, generator=gen, device=device).mul_(1e-2) for s in shapes]
     n = numel(shapes)
@@ -359,6 +374,7 @@ def run_set(name: str, shapes, kind: str, impls: list[str], device: str, cfg: di
         except Exception as exc:  # reported as an ERROR row; the others still run
             rows[impl]["error"] = f"{type(exc).__name__}: {exc}"
     del master_p
+    t0 = time.perf_counter()
     for r in range(cfg["rounds"]):
         bar.set_postfix_str(f"{name[:18]} {kind}: round {r + 1}/{cfg['rounds']}")
         k = r % max(1, len(live))
@@ -370,12 +386,16 @@ def run_set(name: str, shapes, kind: str, impls: list[str], device: str, cfg: di
             except Exception as exc:
                 rows[c.impl]["error"] = f"{type(exc).__name__}: {exc}"
         bar.update(1)
+        spent = time.perf_counter() - t0
+        if time_share is not None and r + 1 >= MIN_ROUNDS and spent * (r + 2) / (r + 1) > time_share:
+            bar.update(cfg["rounds"] - r - 1)
+            break
     live = [c for c in live if "error" not in rows[c.impl]]
     by_impl = {c.impl: c for c in live}
     for c in live:
         row = rows[c.impl]
         med = robust_median(c.walls)
-        row.update(rounds_s=c.walls, rounds_host_s=c.cpus, median_s=med, host_cpu_s=robust_median(c.cpus),
+        row.update(rounds=len(c.walls), threads=torch.get_num_threads(), rounds_s=c.walls, rounds_host_s=c.cpus, median_s=med, host_cpu_s=robust_median(c.cpus),
                    outlier_rounds=[{"round": i, "s": c.walls[i], "x_median": c.walls[i] / statistics.median(c.walls)}
                                    for i in outlier_rounds(c.walls)],
                    warmup_s=c.warmup_s, bytes_per_param=BYTES_PER_PARAM[kind],
@@ -463,17 +483,37 @@ def cmd_bench(args) -> int:
     plan = [(name, shapes, kind, [i for i in impl_names(device, have_ours, name in compiled)
                                   if name != BIG_SET or i in BIG_SET_IMPLS])
             for name, shapes in sets for kind in kinds]
+    budget = args.budget if args.budget is not None else (None if tiny else (120.0 if cuda else 75.0))
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
     bar = _report.progress(total=len(plan) * cfg["rounds"], desc="bench", quiet=args.quiet)
     gen = torch.Generator(device=device).manual_seed(0)
-    rows = []
-    for name, shapes, kind, impls in plan:
-        rows += run_set(name, shapes, kind, impls, device, cfg, gen, bar)
+    rows, spent = [], 0.0
+    for k, (name, shapes, kind, impls) in enumerate(plan):
+        share = None if budget is None else max(0.0, budget - spent) / (len(plan) - k)
+        t0 = time.perf_counter()
+        rows += run_set(name, shapes, kind, impls, device, cfg, gen, bar, share)
+        spent += time.perf_counter() - t0 - sum(r.get("warmup_s", 0.0) for r in rows[-len(impls):])
     bar.close()
+    cut = list(dict.fromkeys(f"{r['set']} {r['optimizer']}: {r['rounds']}" for r in rows
+                             if r.get("rounds", cfg["rounds"]) < cfg["rounds"]))
+    if cut:
+        notes.append(f"--budget {budget:.0f} s for the timed rounds: fewer than {cfg['rounds']} rounds (at least "
+                     f"{MIN_ROUNDS}) on " + "; ".join(cut))
+    cores = os.cpu_count() or 1
+    if load > 0.5 * cores:
+        notes.append(f"the machine was busy when the run began (1-minute load {load:.1f} on {cores} cores): other "
+                     "processes compete for the cores, so expect outliers and wide ranges; ratios from interleaved "
+                     "rounds stay comparable")
+    if any(r["set"] == HOST_SET for r in rows) and device == "cpu":
+        notes.append(f"{HOST_SET} runs with 1 intra-op thread: its arithmetic is negligible, and idle threads' "
+                     "spin-waits would count in process_time")
     notes += derived_notes(rows)
 
     env = environment(device)
+    env["loadavg_1min_at_start"] = load
     result = {"env": env,
-              "config": {"sizes": args.sizes, "warmup": cfg["warmup"], "rounds": cfg["rounds"],
+              "config": {"sizes": args.sizes, "warmup": cfg["warmup"], "rounds": cfg["rounds"], "budget_s": budget,
+                         "min_rounds": MIN_ROUNDS,
                          "steps_per_round": cfg["steps"], "outlier_factor": OUTLIER_FACTOR, "lr": LR,
                          "adamw": ADAMW, "sgd": SGD_KW, "compile_peer": args.compile_peer,
                          "schedule": {"kind": "transformers cosine with warmup", "num_warmup_steps": SCHEDULE[0],
@@ -492,7 +532,8 @@ def cmd_bench(args) -> int:
     _report.write_text(stem + ".txt", text)
     written = [stem + ".json", stem + ".txt", stem + ".md"]
     if args.chart:
-        chart(rows, stem + ".png", f"{env['device_name']}: one optimizer step, {cfg['rounds']} interleaved rounds")
+        chart(rows, stem + ".png",
+              f"{env['device_name']}: one optimizer step, up to {cfg['rounds']} interleaved rounds")
         written.append(stem + ".png")
     _report.write_text(stem + ".md", render_markdown(result, stem))
     print("wrote " + ", ".join(written))
@@ -565,7 +606,7 @@ def render_text(result: dict) -> str:
     env, cfg = result["env"], result["config"]
     header = (f"warmup_fused bench on {env['device']} ({env['device_name']}), torch {env['torch']}, "
               f"{env['threads']} threads, build {env['build_info']}\n"
-              f"{cfg['rounds']} rounds x {cfg['steps_per_round']} steps per implementation, rotating order, after "
+              f"up to {cfg['rounds']} rounds x {cfg['steps_per_round']} steps per implementation, rotating order, after "
               f"{cfg['warmup']} warmup steps; medians over rounds; schedule: transformers cosine with warmup "
               f"({SCHEDULE[0]} warmup / {SCHEDULE[1]} total), base LR {LR}\n"
               f"bytes moved: AdamW {BYTES_NOTE['AdamW']}; SGD {BYTES_NOTE['SGD']}\n"
@@ -623,7 +664,7 @@ def render_markdown(result: dict, stem: str) -> str:
     lines = [f"# warmup_fused bench: {env['device_name']}",
              "",
              f"{env['date']}, torch {env['torch']}, {env['threads']} threads, build `{env['build_info']}`. "
-             f"{cfg['rounds']} interleaved rounds x {cfg['steps_per_round']} steps per implementation, "
+             f"Up to {cfg['rounds']} interleaved rounds x {cfg['steps_per_round']} steps per implementation, "
              f"rotating order, after {cfg['warmup']} warmup steps.",
              "",
              headline_markdown(result),
@@ -717,6 +758,9 @@ def add_parser(sub) -> None:
     _report.add_output_args(s, "bench-<device>-<date>.json/.txt/.md/.png")
     s.add_argument("--chart", action="store_true", help="also write a PNG chart")
     s.add_argument("--rounds", type=int, default=None, help="interleaved rounds (default 20 GPU, 15 CPU, 4 tiny)")
+    s.add_argument("--budget", type=float, default=None, metavar="SECONDS",
+                   help=f"time for the timed rounds of all sets together (default 120 GPU, 75 CPU, none tiny); a set "
+                        f"whose share runs out stops after at least {MIN_ROUNDS} rounds (warm-up and compile excluded)")
     s.add_argument("--steps", type=int, default=None, help="timed steps per implementation and round "
                                                            "(default 10 GPU, 2 CPU, 1 tiny)")
     s.add_argument("--warmup", type=int, default=None, help="untimed steps before timing (default 10 GPU, 3 CPU, "
