@@ -80,10 +80,10 @@ def plan(args) -> list[list[list[Stage]]]:
         no_san = "--device cpu: compute-sanitizer checks CUDA kernels only"
     smoke = [py, os.path.join("benchmarks", "gpu_smoke.py"), "--device", args.device]
     stages = {
-        "build": Stage("build", "compile the extension for the local GPU", [py, "setup.py", "-q", "build_ext", "--inplace"],
-                       180, env={"MAX_JOBS": str(os.cpu_count() or 4),
-                                 "CUDA_HOME": os.environ.get("CUDA_HOME", "/usr/local/cuda")},
-                       needs_build=False),
+        "build": Stage("build", "compile the extension for the local GPU",
+                       [py, "setup.py", "-q", "build_ext", "--inplace"], 180, needs_build=False,
+                       env={"MAX_JOBS": str(os.cpu_count() or 4),
+                            "CUDA_HOME": os.environ.get("CUDA_HOME", "/usr/local/cuda")}),
         "info": Stage("info", "what was built, for which arch", cli + ["info", "--json"], 20),
         "tests": Stage("tests", "the whole test suite, CUDA-marked tests included",
                        [py, "-m", "pytest", "-q", "-m", "", "-p", "no:cacheprovider",
@@ -197,7 +197,8 @@ def describe(st: Stage, out: str) -> str:
     if st.name == "info":
         try:
             info = json.loads(log.split("\n", 1)[1])
-            return f"CUDA kernels: {info.get('CUDA kernels built')}, archs {info.get('CUDA archs built')}; {info.get('device')}"
+            return (f"CUDA kernels: {info.get('CUDA kernels built')}, archs {info.get('CUDA archs built')}; "
+                    f"{info.get('device')}")
         except (ValueError, IndexError):
             return _last_line(log)
     if st.name == "verify":

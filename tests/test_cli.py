@@ -96,7 +96,7 @@ def test_info_json(capsys):
 
 def test_verify_registry(tmp_path):
     out = tmp_path / "verify.json"
-    proc = run_cli("verify", "--steps", "200", "--quiet", "--device", "cpu", "--json", str(out))
+    proc = run_cli("verify", "--steps", "200", "--quiet", "--device", "cpu", "--json", str(out), "--out", str(tmp_path))
     assert "schedule" in proc.stdout and "max ulp" in proc.stdout and "table bytes" in proc.stdout
     assert "transformers.cosine_with_warmup" in proc.stdout and "torch.OneCycleLR" in proc.stdout
     assert proc.returncode == 0, proc.stdout + proc.stderr
@@ -126,7 +126,7 @@ def test_verify_user_scheduler(tmp_path, monkeypatch, capsys):
     """))
     out = tmp_path / "v.json"
     # Through `python -m` with the module found on PYTHONPATH, as a user would run it.
-    proc = run_cli("verify", "--no-registry", "--steps", "200", "--quiet", "--json", str(out),
+    proc = run_cli("verify", "--no-registry", "--steps", "200", "--quiet", "--json", str(out), "--out", str(tmp_path),
                    "--scheduler", "my_scheds:step_lr", "--scheduler", "my_scheds:warm_cos", extra_path=tmp_path)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "my_scheds:step_lr" in proc.stdout and "my_scheds:warm_cos" in proc.stdout
@@ -135,7 +135,7 @@ def test_verify_user_scheduler(tmp_path, monkeypatch, capsys):
 
     # A scheduler from_torch refuses is a failure (exit 1), reported in the table.
     monkeypatch.syspath_prepend(str(tmp_path))
-    code, out, _ = run_main(capsys, "verify", "--no-registry", "--steps", "50", "--quiet",
+    code, out, _ = run_main(capsys, "verify", "--no-registry", "--steps", "50", "--quiet", "--out", str(tmp_path),
                             "--scheduler", "my_scheds:plateau")
     assert code == 1
     assert "ERROR" in out and "ReduceLROnPlateau" in out

@@ -395,7 +395,8 @@ def _run_set(name, shapes, kind, impls, device, cfg, gen, bar, time_share) -> li
     for c in live:
         row = rows[c.impl]
         med = robust_median(c.walls)
-        row.update(rounds=len(c.walls), threads=torch.get_num_threads(), rounds_s=c.walls, rounds_host_s=c.cpus, median_s=med, host_cpu_s=robust_median(c.cpus),
+        row.update(rounds=len(c.walls), threads=torch.get_num_threads(), rounds_s=c.walls, rounds_host_s=c.cpus,
+                   median_s=med, host_cpu_s=robust_median(c.cpus),
                    outlier_rounds=[{"round": i, "s": c.walls[i], "x_median": c.walls[i] / statistics.median(c.walls)}
                                    for i in outlier_rounds(c.walls)],
                    warmup_s=c.warmup_s, bytes_per_param=BYTES_PER_PARAM[kind],
@@ -455,9 +456,9 @@ def cmd_bench(args) -> int:
         torch.set_num_threads(args.threads)
     have_ours, ours_note = ours_available()
     tiny, cuda = args.sizes == "tiny", device == "cuda"
-    cfg = {"warmup": args.warmup if args.warmup is not None else (2 if tiny else (10 if cuda else 3)),
+    cfg = {"warmup": args.warmup if args.warmup is not None else (10 if cuda and not tiny else 2),
            "rounds": args.rounds if args.rounds is not None else (4 if tiny else (20 if cuda else 15)),
-           "steps": args.steps if args.steps is not None else (1 if tiny else (10 if cuda else 2))}
+           "steps": args.steps if args.steps is not None else (10 if cuda and not tiny else 1)}
     sets, notes = param_sets(device, args.sizes)
     if args.only:
         sets = [(n, s) for n, s in sets if any(o.lower() in n.lower() for o in args.only)]
@@ -483,7 +484,7 @@ def cmd_bench(args) -> int:
     plan = [(name, shapes, kind, [i for i in impl_names(device, have_ours, name in compiled)
                                   if name != BIG_SET or i in BIG_SET_IMPLS])
             for name, shapes in sets for kind in kinds]
-    budget = args.budget if args.budget is not None else (None if tiny else (120.0 if cuda else 75.0))
+    budget = args.budget if args.budget is not None else (None if tiny else (120.0 if cuda else 60.0))
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
     bar = _report.progress(total=len(plan) * cfg["rounds"], desc="bench", quiet=args.quiet)
     gen = torch.Generator(device=device).manual_seed(0)
@@ -592,7 +593,9 @@ def table_rows(rows) -> list[list]:
         if "error" in r:
             out.append(head + ["ERROR"] + ["-"] * 6)
             continue
-        bit = "(ref)" if r["impl"] in (OURS, OURS + "+graph") else {True: "yes", False: "no"}.get(r.get("bit_equal"), "-")
+        bit = {True: "yes", False: "no"}.get(r.get("bit_equal"), "-")
+        if r["impl"] in (OURS, OURS + "+graph"):
+            bit = "(ref)"
         ratio = r.get("ratio")
         out.append(head + [_ms(r["median_s"]), _ms(r["host_cpu_s"]), f"{r['gbps']:.1f}", f"{r['pct_copy']:.0f}%",
                            _x(ratio) if ratio else "-", ratio["verdict"] if ratio else "-", bit])
@@ -606,11 +609,12 @@ def render_text(result: dict) -> str:
     env, cfg = result["env"], result["config"]
     header = (f"warmup_fused bench on {env['device']} ({env['device_name']}), torch {env['torch']}, "
               f"{env['threads']} threads, build {env['build_info']}\n"
-              f"up to {cfg['rounds']} rounds x {cfg['steps_per_round']} steps per implementation, rotating order, after "
-              f"{cfg['warmup']} warmup steps; medians over rounds; schedule: transformers cosine with warmup "
+              f"up to {cfg['rounds']} rounds x {cfg['steps_per_round']} steps per implementation, rotating order, "
+              f"after {cfg['warmup']} warmup steps; medians over rounds; schedule: transformers cosine with warmup "
               f"({SCHEDULE[0]} warmup / {SCHEDULE[1]} total), base LR {LR}\n"
               f"bytes moved: AdamW {BYTES_NOTE['AdamW']}; SGD {BYTES_NOTE['SGD']}\n"
-              f"copy_ bandwidth ({result['copy_bytes'] / 2**20:.0f} MiB tensor): {result['copy_bandwidth_gbps']:.1f} GB/s")
+              f"copy_ bandwidth ({result['copy_bytes'] / 2**20:.0f} MiB tensor): "
+              f"{result['copy_bandwidth_gbps']:.1f} GB/s; 1-minute load at start {env['loadavg_1min_at_start']:.1f}")
     table = _report.format_table(TABLE_HEADERS, table_rows(result["results"]), align="<<<>>>>><<")
     footer = (f"x-ours = peer / ours per round, same mode (>1: ours faster), median [q1-q3]; '{PARITY}' when "
               f"[q1-q3] contains 1.00; host ms = process_time per step (all threads); "
@@ -759,12 +763,11 @@ def add_parser(sub) -> None:
     s.add_argument("--chart", action="store_true", help="also write a PNG chart")
     s.add_argument("--rounds", type=int, default=None, help="interleaved rounds (default 20 GPU, 15 CPU, 4 tiny)")
     s.add_argument("--budget", type=float, default=None, metavar="SECONDS",
-                   help=f"time for the timed rounds of all sets together (default 120 GPU, 75 CPU, none tiny); a set "
+                   help=f"time for the timed rounds of all sets together (default 120 GPU, 60 CPU, none tiny); a set "
                         f"whose share runs out stops after at least {MIN_ROUNDS} rounds (warm-up and compile excluded)")
     s.add_argument("--steps", type=int, default=None, help="timed steps per implementation and round "
-                                                           "(default 10 GPU, 2 CPU, 1 tiny)")
-    s.add_argument("--warmup", type=int, default=None, help="untimed steps before timing (default 10 GPU, 3 CPU, "
-                                                            "2 tiny)")
+                                                           "(default 10 GPU, 1 CPU and tiny)")
+    s.add_argument("--warmup", type=int, default=None, help="untimed steps before timing (default 10 GPU, else 2)")
     s.add_argument("--threads", type=int, default=None,
                    help="torch.set_num_threads for the run (default: torch's choice)")
     s.add_argument("--quiet", action="store_true", help="no progress bar")

@@ -404,7 +404,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--schedule", action="append", metavar="SCHEDULE", help="schedule to draw (repeatable)")
     s.add_argument("--steps", type=_positive_int, default=1000, help="steps drawn (default 1000)")
     s.add_argument("--device", default=None, help="device for lr_at (default cpu)")
-    s.add_argument("--out", default="schedules.png", help="PNG path (default schedules.png)")
+    s.add_argument("--out", default=os.path.join(_report.LOCAL_DIR, "schedules.png"),
+                   help=f"PNG path (default {_report.LOCAL_DIR}/schedules.png)")
     s.add_argument("--dpi", type=int, default=110)
     s.set_defaults(func=cmd_plot)
 
