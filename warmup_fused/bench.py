@@ -211,8 +211,11 @@ def ours_available() -> tuple[bool, str]:
     return True, ""
 
 
+SLOW_PEERS = ("torch-forloop", "torch-foreach")
+
+
 def impl_names(device: str, have_ours: bool, compiled: bool) -> list[str]:
-    impls = ([OURS, CONST_LR] if have_ours else []) + ["torch-forloop", "torch-foreach", "torch-fused"]
+    impls = ([OURS, CONST_LR] if have_ours else []) + list(SLOW_PEERS) + ["torch-fused"]
     if device == "cuda":
         impls += ["torch-fused-capt"] + ([OURS + "+graph", CONST_LR + "+graph"] if have_ours else [])
         impls += ["torch-fused-capt+graph"] + ([COMPILED + "+graph"] if compiled else [])
@@ -481,9 +484,16 @@ def cmd_bench(args) -> int:
     cfg["copy_bytes"] = (2**30 if cuda else 2**28) if not tiny else 2**24
     cfg["copy_gbps"] = copy_bandwidth(device, cfg["copy_bytes"])
 
+    # On CPU at default sizes the for-loop and foreach peers, 3-15x slower than the rest, run on the headline
+    # and host-overhead sets only: elsewhere they would take most of the run and decide nothing.
+    lean = device == "cpu" and args.sizes == "default"
     plan = [(name, shapes, kind, [i for i in impl_names(device, have_ours, name in compiled)
-                                  if name != BIG_SET or i in BIG_SET_IMPLS])
+                                  if (name != BIG_SET or i in BIG_SET_IMPLS)
+                                  and not (lean and i in SLOW_PEERS and name not in (HEADLINE_SET, HOST_SET))])
             for name, shapes in sets for kind in kinds]
+    if lean:
+        notes.append(f"{' and '.join(SLOW_PEERS)} run on {HEADLINE_SET} and {HOST_SET} only on CPU at "
+                     "--sizes default (they are the slowest peers); --sizes full runs them everywhere")
     budget = args.budget if args.budget is not None else (None if tiny else (120.0 if cuda else 60.0))
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
     bar = _report.progress(total=len(plan) * cfg["rounds"], desc="bench", quiet=args.quiet)
