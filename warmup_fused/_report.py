@@ -56,6 +56,11 @@ def device_slug(device: str) -> str:
     return name if device == "cuda" else f"cpu-{name}"
 
 
+def build_text(info: dict) -> str:
+    """_ops.build_info() in words."""
+    return f"CUDA kernels for {info['arch'] or '?'}" if info.get("cuda") else "CPU-only build"
+
+
 # ------------------------------------------------------------------ tables
 def format_table(headers: list[str], rows: list[list], align: str | None = None) -> str:
     """A plain-text table; align is one char per column ('<' or '>'), numbers right-aligned by default."""
@@ -176,6 +181,6 @@ def pyplot():
     return plt
 
 
-__all__ = ["best_device", "device_name", "cpu_name", "slug", "device_slug", "format_table", "markdown_table",
-           "add_output_args", "output_dir", "result_stem", "write_json", "write_text", "progress", "pyplot",
-           "LOCAL_DIR", "PUBLISH_DIR"]
+__all__ = ["best_device", "device_name", "cpu_name", "slug", "device_slug", "build_text", "format_table",
+           "markdown_table", "add_output_args", "output_dir", "result_stem", "write_json", "write_text", "progress",
+           "pyplot", "LOCAL_DIR", "PUBLISH_DIR"]

@@ -31,8 +31,8 @@ x-ours: the per-round ratio peer / ours (same mode), median and interquartile ra
 outlier: listed in the notes, left out of its median and ratios.
 GB/s = bytes the update must move / median (AdamW fp32: 28 B/param = read p,g,m,v + write p,m,v; SGD
 with momentum: 20 B/param = read p,g,buf + write p,buf); %copy = that rate over the device's copy_
-bandwidth measured in the same run (2 x bytes copied / time); bit-equal = whether the peer's params equal
-ours bit for bit after the same eager steps.
+bandwidth measured in the same run (2 x bytes copied / time); bit-equal = whether the peer's params and states
+(exp_avg, exp_avg_sq, max_exp_avg_sq, momentum_buffer) equal ours bit for bit after the same eager steps.
 """
 from __future__ import annotations
 
@@ -341,8 +341,21 @@ def copy_bandwidth(device: str, nbytes: int) -> float:
     return 2 * nbytes / min(times[2:]) / 1e9  # best of 6: a ceiling, robust to a busy host
 
 
-def _bits_equal(a, b) -> bool:
-    return all(x.shape == y.shape and torch.equal(x.view(torch.int32), y.view(torch.int32)) for x, y in zip(a, b))
+STATE_KEYS = ("exp_avg", "exp_avg_sq", "max_exp_avg_sq", "momentum_buffer")  # torch's layout, which ours keeps
+
+
+def _bits_equal(a: Contestant, b: Contestant) -> bool:
+    """Params and optimizer states (STATE_KEYS both have) equal bit for bit."""
+    def same(x, y):
+        return x.dtype == y.dtype and x.shape == y.shape and torch.equal(x.view(torch.int32), y.view(torch.int32))
+
+    for p, q in zip(a.params, b.params):
+        sp, sq = a.opt.state.get(p, {}), b.opt.state.get(q, {})
+        pairs = [(p, q)] + [(sp[k], sq[k]) for k in STATE_KEYS
+                            if torch.is_tensor(sp.get(k)) and torch.is_tensor(sq.get(k))]
+        if not all(same(x, y) for x, y in pairs):
+            return False
+    return True
 
 
 # --------------------------------------------------------------------------- one set
@@ -412,7 +425,7 @@ def _run_set(name, shapes, kind, impls, device, cfg, gen, bar, time_share) -> li
             row["ratio"] = ratio_stats(c.walls, ours.walls)
             row["host_ratio"] = ratio_stats(c.cpus, ours.cpus)
             if not c.graph and not c.impl.startswith(CONST_LR):  # same number of eager steps from the same start
-                row["bit_equal"] = _bits_equal(c.params, ours.params)
+                row["bit_equal"] = _bits_equal(c, ours)
     del live, by_impl, master_g
     if device == "cuda":
         torch.cuda.empty_cache()
@@ -455,8 +468,18 @@ def cmd_bench(args) -> int:
     elif device != "cpu":
         print(f"error: --device must be cpu or cuda, got {device!r}", file=sys.stderr)
         return 2
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
+    cores = os.cpu_count() or 1
+    busy = []
     if args.threads:
         torch.set_num_threads(args.threads)
+    elif device == "cpu" and load >= cores and torch.get_num_threads() > 1:
+        # Other processes hold every core: each OpenMP region (torch's fused CPU optimizers open one per tensor)
+        # then waits for a core to come free, and the run measures the OS scheduler instead of the optimizers.
+        busy.append(f"1 intra-op thread instead of {torch.get_num_threads()}: the 1-minute load was {load:.1f} "
+                    f"on {cores} cores, and with every core taken torch's per-tensor OpenMP regions stall for "
+                    f"scheduler ticks (seen here as 2-60x slower steps); --threads N forces N")
+        torch.set_num_threads(1)
     have_ours, ours_note = ours_available()
     tiny, cuda = args.sizes == "tiny", device == "cuda"
     cfg = {"warmup": args.warmup if args.warmup is not None else (10 if cuda and not tiny else 2),
@@ -495,7 +518,6 @@ def cmd_bench(args) -> int:
         notes.append(f"{' and '.join(SLOW_PEERS)} run on {HEADLINE_SET} and {HOST_SET} only on CPU at "
                      "--sizes default (they are the slowest peers); --sizes full runs them everywhere")
     budget = args.budget if args.budget is not None else (None if tiny else (120.0 if cuda else 60.0))
-    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
     bar = _report.progress(total=len(plan) * cfg["rounds"], desc="bench", quiet=args.quiet)
     gen = torch.Generator(device=device).manual_seed(0)
     rows, spent = [], 0.0
@@ -510,11 +532,11 @@ def cmd_bench(args) -> int:
     if cut:
         notes.append(f"--budget {budget:.0f} s for the timed rounds: fewer than {cfg['rounds']} rounds (at least "
                      f"{MIN_ROUNDS}) on " + "; ".join(cut))
-    cores = os.cpu_count() or 1
     if load > 0.5 * cores:
         notes.append(f"the machine was busy when the run began (1-minute load {load:.1f} on {cores} cores): other "
                      "processes compete for the cores, so expect outliers and wide ranges; ratios from interleaved "
                      "rounds stay comparable")
+    notes += busy
     if any(r["set"] == HOST_SET for r in rows) and device == "cpu":
         notes.append(f"{HOST_SET} runs with 1 intra-op thread: its arithmetic is negligible, and idle threads' "
                      "spin-waits would count in process_time")
@@ -618,8 +640,8 @@ TABLE_HEADERS = ["set", "opt", "impl", "ms/step", "host ms", "GB/s", "%copy", "x
 def render_text(result: dict) -> str:
     env, cfg = result["env"], result["config"]
     header = (f"warmup_fused bench on {env['device']} ({env['device_name']}), torch {env['torch']}, "
-              f"{env['threads']} threads, build {env['build_info']}\n"
-              f"up to {cfg['rounds']} rounds x {cfg['steps_per_round']} steps per implementation, rotating order, "
+              f"{env['threads']} threads, {_report.build_text(env['build_info'])}\n"
+              f"up to {cfg['rounds']} rounds x {cfg['steps_per_round']} step(s) per implementation, rotating order, "
               f"after {cfg['warmup']} warmup steps; medians over rounds; schedule: transformers cosine with warmup "
               f"({SCHEDULE[0]} warmup / {SCHEDULE[1]} total), base LR {LR}\n"
               f"bytes moved: AdamW {BYTES_NOTE['AdamW']}; SGD {BYTES_NOTE['SGD']}\n"
@@ -628,7 +650,7 @@ def render_text(result: dict) -> str:
     table = _report.format_table(TABLE_HEADERS, table_rows(result["results"]), align="<<<>>>>><<")
     footer = (f"x-ours = peer / ours per round, same mode (>1: ours faster), median [q1-q3]; '{PARITY}' when "
               f"[q1-q3] contains 1.00; host ms = process_time per step (all threads); "
-              f"bit-equal = peer's params == ours bit for bit after the same eager steps")
+              f"bit-equal = peer's params and states == ours bit for bit after the same eager steps")
     return "\n".join([header, "", table, "", footer] + [f"note: {s}" for s in result["notes"]])
 
 
@@ -677,8 +699,8 @@ def render_markdown(result: dict, stem: str) -> str:
     base = os.path.basename(stem)
     lines = [f"# warmup_fused bench: {env['device_name']}",
              "",
-             f"{env['date']}, torch {env['torch']}, {env['threads']} threads, build `{env['build_info']}`. "
-             f"Up to {cfg['rounds']} interleaved rounds x {cfg['steps_per_round']} steps per implementation, "
+             f"{env['date']}, torch {env['torch']}, {env['threads']} threads, {_report.build_text(env['build_info'])}. "
+             f"Up to {cfg['rounds']} interleaved rounds x {cfg['steps_per_round']} step(s) per implementation, "
              f"rotating order, after {cfg['warmup']} warmup steps.",
              "",
              headline_markdown(result),
@@ -699,8 +721,9 @@ def chart(rows, path: str, title: str) -> None:
 
     kinds = [k for k in ("AdamW", "SGD") if any(r["optimizer"] == k for r in rows)]
     sets = list(dict.fromkeys(r["set"] for r in rows))
-    impls = list(dict.fromkeys(r["impl"] for r in rows))
-    colors = {impl: plt.get_cmap("tab10")(j % 10) for j, impl in enumerate(impls)}
+    order = impl_names("cuda", True, True)  # every implementation, in one order: stable colors across runs
+    impls = sorted(dict.fromkeys(r["impl"] for r in rows), key=lambda i: order.index(i) if i in order else len(order))
+    colors = {impl: plt.get_cmap("tab10")(order.index(impl) % 10 if impl in order else 9) for impl in impls}
     peers = [i for i in impls if i not in (OURS, OURS + "+graph")]
     height = max(3.2, 0.55 * len(sets) * max(1.0, len(impls) / 4))
     fig, axes = plt.subplots(2, len(kinds), figsize=(7.0 * len(kinds), 2 * height + 1.2), squeeze=False,
@@ -720,6 +743,7 @@ def chart(rows, path: str, title: str) -> None:
         ax_r.set_xscale("log")
         lo, hi = ax_r.get_xlim()
         ax_r.set_xlim(min(lo, 0.5), max(hi, 2.0))
+        _log_axis(ax_r, "x")
         ax_r.text(1.0, 1.0, " ours faster \u2192", transform=ax_r.get_xaxis_transform(), ha="left", va="bottom",
                   fontsize=8, color="0.3")
         ax_r.text(1.0, 1.0, "\u2190 ours slower ", transform=ax_r.get_xaxis_transform(), ha="right", va="bottom",
@@ -734,7 +758,7 @@ def chart(rows, path: str, title: str) -> None:
             if pts:
                 ax_b.barh([y for y, _ in pts], [x for _, x in pts], height=step, color=colors[impl],
                           edgecolor="black" if impl.startswith(OURS) else None, linewidth=0.6)
-        ax_b.set_xscale("log")
+        _log_axis(ax_b, "")
         ax_b.set_xlabel("ms per step (median over rounds; log scale, shorter is faster)")
         ax_b.set_title(f"{kind}: time per step", fontsize=10)
         _set_axis(ax_b, sets, step * (len(impls) - 1) / 2)
@@ -745,6 +769,19 @@ def chart(rows, path: str, title: str) -> None:
     fig.suptitle(title, fontsize=11)
     fig.savefig(path, dpi=100)
     plt.close(fig)
+
+
+def _log_axis(ax, unit: str) -> None:
+    """Log x axis with plain tick labels (0.5x, 1x, 2x ... or 1, 10, 100) instead of powers of ten."""
+    from matplotlib.ticker import FixedLocator, FuncFormatter, NullFormatter
+
+    ax.set_xscale("log")
+    lo, hi = ax.get_xlim()  # after the switch: autoscaled for log
+    ticks = [m * 10.0**e for e in range(-4, 5) for m in (1, 2, 5) if lo <= m * 10.0**e <= hi]
+    ax.xaxis.set_major_locator(FixedLocator(ticks))
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}{unit}"))
+    ax.xaxis.set_minor_formatter(NullFormatter())
+    ax.set_xlim(lo, hi)
 
 
 def _set_axis(ax, sets, offset):
@@ -779,7 +816,8 @@ def add_parser(sub) -> None:
                                                            "(default 10 GPU, 1 CPU and tiny)")
     s.add_argument("--warmup", type=int, default=None, help="untimed steps before timing (default 10 GPU, else 2)")
     s.add_argument("--threads", type=int, default=None,
-                   help="torch.set_num_threads for the run (default: torch's choice)")
+                   help="torch.set_num_threads for the run (default: torch's choice, or 1 on a CPU whose every core "
+                        "is already busy: 1-minute load >= cores)")
     s.add_argument("--quiet", action="store_true", help="no progress bar")
     s.set_defaults(func=cmd_bench)
 
