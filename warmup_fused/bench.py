@@ -640,7 +640,7 @@ TABLE_HEADERS = ["set", "opt", "impl", "ms/step", "host ms", "GB/s", "%copy", "x
 def render_text(result: dict) -> str:
     env, cfg = result["env"], result["config"]
     header = (f"warmup_fused bench on {env['device']} ({env['device_name']}), torch {env['torch']}, "
-              f"{env['threads']} threads, {_report.build_text(env['build_info'])}\n"
+              f"{env['threads']} intra-op thread(s), {_report.build_text(env['build_info'])}\n"
               f"up to {cfg['rounds']} rounds x {cfg['steps_per_round']} step(s) per implementation, rotating order, "
               f"after {cfg['warmup']} warmup steps; medians over rounds; schedule: transformers cosine with warmup "
               f"({SCHEDULE[0]} warmup / {SCHEDULE[1]} total), base LR {LR}\n"
@@ -699,7 +699,8 @@ def render_markdown(result: dict, stem: str) -> str:
     base = os.path.basename(stem)
     lines = [f"# warmup_fused bench: {env['device_name']}",
              "",
-             f"{env['date']}, torch {env['torch']}, {env['threads']} threads, {_report.build_text(env['build_info'])}. "
+             f"{env['date']}, torch {env['torch']}, {env['threads']} intra-op thread(s), "
+             f"{_report.build_text(env['build_info'])}. "
              f"Up to {cfg['rounds']} interleaved rounds x {cfg['steps_per_round']} step(s) per implementation, "
              f"rotating order, after {cfg['warmup']} warmup steps.",
              "",
