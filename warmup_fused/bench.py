@@ -16,23 +16,31 @@ Implementations (``impl`` column):
   torch-fused-capt     torch.optim.X(fused=True, capturable=True, lr=<tensor>) eager (GPU only)
   torch-fused-capt+graph  step() replayed from a CUDA graph; the LR refresh stays outside the graph:
                        sched.step() on the host, which fill_()s the lr tensor (GPU only)
+  torch-compiled       torch's recipe for a compiled optimizer with an LR scheduler: lr=<tensor>,
+                       torch.compile(opt.step), sched.step() updating the tensor; compiled before timing
+                       (compile time reported separately). Eager on CPU; on GPU captured in a CUDA graph
+                       like the other +graph rows (torch-compiled+graph). Only on the sets where its compile
+                       time fits the run (--compile-peer).
 
-Numbers: median seconds per step after warmup iterations (CUDA events on GPU, perf_counter on
-CPU); GB/s = bytes the update must move / median (AdamW fp32: 28 B/param = read p,g,m,v + write p,m,v;
-SGD with momentum: 20 B/param = read p,g,buf + write p,buf); %copy = that rate over the device's
-copy_ bandwidth measured in the same run (2 x bytes copied / time); host CPU = process_time per step
-(all threads); x-ours = peer median / ours median in the same mode (>1: ours is faster);
-bit-equal = whether the peer's params equal ours bit for bit after the same eager steps.
+Timing: every implementation of one set and optimizer lives side by side; after warmup steps, R rounds
+each time S steps of every implementation, in an order that rotates by one each round, so drift on a
+shared machine hits all of them alike. Per implementation: the median over rounds of the per-step time
+(CUDA events on GPU, perf_counter on CPU) and of the host CPU time (process_time, all threads).
+x-ours: the per-round ratio peer / ours (same mode), median and interquartile range [q1-q3] over rounds;
+"parity within noise" when that range contains 1.0. A round more than 10x an implementation's median is an
+outlier: listed in the notes, left out of its median and ratios.
+GB/s = bytes the update must move / median (AdamW fp32: 28 B/param = read p,g,m,v + write p,m,v; SGD
+with momentum: 20 B/param = read p,g,buf + write p,buf); %copy = that rate over the device's copy_
+bandwidth measured in the same run (2 x bytes copied / time); bit-equal = whether the peer's params and states
+(exp_avg, exp_avg_sq, max_exp_avg_sq, momentum_buffer) equal ours bit for bit after the same eager steps.
 """
 from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import math
 import os
 import platform
-import re
 import statistics
 import sys
 import time
@@ -40,12 +48,24 @@ import warnings
 
 import torch
 
+from . import _report
+
 LR = 1e-3
 ADAMW = dict(betas=(0.9, 0.999), eps=1e-8, weight_decay=0.01)
 SGD_KW = dict(momentum=0.9, weight_decay=0.0)
 BYTES_PER_PARAM = {"AdamW": 28, "SGD": 20}
 BYTES_NOTE = {"AdamW": "28 B/param: read p,g,m,v + write p,m,v (fp32)",
               "SGD": "20 B/param: read p,g,buf + write p,buf (fp32, momentum)"}
+SCHEDULE = (5, 1000)  # warmup steps, total steps of the cosine schedule
+OUTLIER_FACTOR = 10.0  # a round slower than this x an implementation's median is an outlier
+MIN_ROUNDS = 5  # rounds every set gets, whatever --budget says
+PARITY = "parity within noise"
+
+OURS, CONST_LR, COMPILED = "ours", "ours-constlr", "torch-compiled"
+HOST_SET = "150 tiny tensors (host overhead)"
+HEADLINE_SET = "16M in 50 tensors"
+BIG_SET = "1B-fp32 (4x250M)"
+BIG_SET_IMPLS = (OURS, CONST_LR, "torch-fused")  # all impls of a 1B set at once would not fit in 80 GB
 
 
 # --------------------------------------------------------------------------- parameter sets
@@ -81,18 +101,25 @@ def resnet50_shapes() -> list[tuple[int, ...]]:
     return shapes
 
 
+def host_overhead_shapes(count: int = 150, seed: int = 0) -> list[tuple[int]]:
+    """`count` 1-D tensors of 1..64 elements: the update's arithmetic is negligible, the host's work is not."""
+    gen = torch.Generator().manual_seed(seed)
+    return [(int(n),) for n in torch.randint(1, 65, (count,), generator=gen)]
+
+
 def param_sets(device: str, sizes: str) -> tuple[list[tuple[str, list]], list[str]]:
     """[(name, shapes)], notes about what was left out."""
     notes = []
+    host = (HOST_SET, host_overhead_shapes())
     if sizes == "tiny":
         mixed = [(256, 128), (128,), (64, 3, 3, 3), (64,), (512, 64), (1000,), (33, 7)]
-        return [("tiny-mixed", mixed), ("tiny-many-200x256", [(256,)] * 200)], notes
+        return [("tiny-mixed", mixed), host], notes
     sets = []
     if device == "cuda":
-        need = 1_000_000_000 * 4 * 7  # master p,g + variant p,g,m,v + our final p
+        need = 1_000_000_000 * 4 * (2 + 3 * len(BIG_SET_IMPLS))  # master p, grads + p,m,v per impl (AdamW)
         free = torch.cuda.mem_get_info()[0]
         if free >= need:
-            sets.append(("1B-fp32 (4x250M)", [(250_000_000,)] * 4))
+            sets.append((BIG_SET, [(250_000_000,)] * 4))
         else:
             notes.append(f"1B set skipped: needs ~{need / 2**30:.0f} GiB free, {free / 2**30:.0f} GiB free")
     else:
@@ -104,12 +131,51 @@ def param_sets(device: str, sizes: str) -> tuple[list[tuple[str, list]], list[st
                      "--sizes full runs it")
     sets.append(("resnet50 (25.6M, 161 t)", resnet50_shapes()))
     sets.append(("2000x1024 small tensors", [(1024,)] * 2000))
-    sets.append(("16M in 50 tensors", [(320_000,)] * 50))
+    sets.append((HEADLINE_SET, [(320_000,)] * 50))
+    sets.append(host)
     return sets, notes
 
 
 def numel(shapes) -> int:
     return sum(math.prod(s) for s in shapes)
+
+
+# --------------------------------------------------------------------------- statistics
+def quartiles(xs: list[float]) -> tuple[float, float, float]:
+    """(q1, median, q3); inclusive method, so a single value is its own range."""
+    if len(xs) == 1:
+        return xs[0], xs[0], xs[0]
+    q1, med, q3 = statistics.quantiles(xs, n=4, method="inclusive")
+    return q1, med, q3
+
+
+def outlier_rounds(times: list[float], factor: float = OUTLIER_FACTOR) -> list[int]:
+    """Indices of rounds slower than `factor` x the median of all rounds (robust to < half outliers)."""
+    med = statistics.median(times)
+    return [i for i, t in enumerate(times) if t > factor * med]
+
+
+def robust_median(times: list[float], factor: float = OUTLIER_FACTOR) -> float:
+    bad = set(outlier_rounds(times, factor))
+    return statistics.median([t for i, t in enumerate(times) if i not in bad])
+
+
+def verdict(q1: float, q3: float) -> str:
+    if q1 <= 1.0 <= q3:
+        return PARITY
+    return "ours faster" if q1 > 1.0 else "ours slower"
+
+
+def ratio_stats(peer: list[float], ours: list[float], factor: float = OUTLIER_FACTOR) -> dict:
+    """Per-round ratios peer[i] / ours[i] (> 1: ours faster), leaving out rounds in which either side is an
+    outlier. Returns median, q1, q3, the number of rounds used, the rounds left out and the verdict."""
+    if len(peer) != len(ours) or not peer:
+        raise ValueError(f"ratio_stats needs paired rounds, got {len(peer)} and {len(ours)}")
+    dropped = sorted(set(outlier_rounds(peer, factor)) | set(outlier_rounds(ours, factor)))
+    ratios = [p / o for i, (p, o) in enumerate(zip(peer, ours)) if i not in dropped]
+    q1, med, q3 = quartiles(ratios)
+    return {"median": med, "q1": q1, "q3": q3, "rounds": len(ratios), "dropped_rounds": dropped,
+            "verdict": verdict(q1, q3)}
 
 
 # --------------------------------------------------------------------------- schedules
@@ -134,7 +200,7 @@ def our_schedule(warmup: int, total: int):
     return from_torch(_hf_cosine(dummy, warmup, total), horizon=total + 1)
 
 
-# --------------------------------------------------------------------------- optimizers
+# --------------------------------------------------------------------------- implementations
 def ours_available() -> tuple[bool, str]:
     import warmup_fused
 
@@ -145,20 +211,23 @@ def ours_available() -> tuple[bool, str]:
     return True, ""
 
 
-CONST_LR = "ours-constlr"  # same kernel, constant-LR program: the reference for the schedule's own cost
+SLOW_PEERS = ("torch-forloop", "torch-foreach")
 
 
-def make_ours(kind: str, params, schedule):
-    import warmup_fused
+def impl_names(device: str, have_ours: bool, compiled: bool) -> list[str]:
+    impls = ([OURS, CONST_LR] if have_ours else []) + list(SLOW_PEERS) + ["torch-fused"]
+    if device == "cuda":
+        impls += ["torch-fused-capt"] + ([OURS + "+graph", CONST_LR + "+graph"] if have_ours else [])
+        impls += ["torch-fused-capt+graph"] + ([COMPILED + "+graph"] if compiled else [])
+    elif compiled:
+        impls.append(COMPILED)
+    return impls
 
-    if kind == "AdamW":
-        return warmup_fused.AdamW(params, lr=LR, schedule=schedule, **ADAMW)
-    return warmup_fused.SGD(params, lr=LR, schedule=schedule, **SGD_KW)
 
-
-def make_torch(kind: str, params, form: str, device: str):
+def _torch_optimizer(kind: str, params, impl: str, device: str):
     cls = torch.optim.AdamW if kind == "AdamW" else torch.optim.SGD
     kw = dict(ADAMW if kind == "AdamW" else SGD_KW)
+    form = impl.replace("torch-", "").replace("+graph", "")
     lr = LR
     if form == "forloop":
         kw.update(foreach=False, fused=False)
@@ -166,43 +235,90 @@ def make_torch(kind: str, params, form: str, device: str):
         kw.update(foreach=True)
     elif form == "fused":
         kw.update(fused=True)
-    elif form == "fused-capt":
-        kw.update(fused=True)
-        if kind == "AdamW":
+    elif form in ("fused-capt", "compiled"):
+        # The LR as a tensor, so it can change between graph replays / without recompiling.
+        lr = torch.tensor(LR, device=device)
+        if form == "fused-capt":
+            kw.update(fused=True)
+        if kind == "AdamW" and device == "cuda":
             kw.update(capturable=True)
-        lr = torch.tensor(LR, device=device)  # so the LR can change between graph replays
     return cls(params, lr=lr, **kw)
 
 
-# --------------------------------------------------------------------------- timing
-class Timer:
-    """Per-iteration times: CUDA events on GPU (the device timeline), perf_counter on CPU."""
+class Contestant:
+    """One implementation with its own params and state (grads shared: no optimizer here writes them)."""
 
-    def __init__(self, device: str):
-        self.cuda = device == "cuda"
-        self.pairs, self.walls = [], []
+    def __init__(self, impl: str, kind: str, master_p, master_g, device: str, ours_sched):
+        import warmup_fused
 
-    def start(self):
-        if self.cuda:
-            e = torch.cuda.Event(enable_timing=True)
-            e.record()
-            self.pairs.append([e, None])
+        self.impl, self.kind, self.device = impl, kind, device
+        self.graph = impl.endswith("+graph")
+        self.params = [p.detach().clone().requires_grad_(True) for p in master_p]
+        for p, g in zip(self.params, master_g):
+            p.grad = g
+        self.sched = None
+        if impl.startswith("ours"):
+            sched = None if impl.startswith(CONST_LR) else ours_sched
+            cls, kw = (warmup_fused.AdamW, ADAMW) if kind == "AdamW" else (warmup_fused.SGD, SGD_KW)
+            self.opt = cls(self.params, lr=LR, schedule=sched, **kw)
         else:
-            self.walls.append([time.perf_counter(), None])
+            self.opt = _torch_optimizer(kind, self.params, impl, device)
+            self.sched = _hf_cosine(self.opt, *SCHEDULE)
+        self._opt_step = torch.compile(self.opt.step) if impl.startswith(COMPILED) else self.opt.step
+        self._replay = None
+        self.walls, self.cpus = [], []
+        self.warmup_s = 0.0
 
-    def stop(self):
-        if self.cuda:
-            e = torch.cuda.Event(enable_timing=True)
-            e.record()
-            self.pairs[-1][1] = e
+    def step(self):
+        if self._replay is not None:
+            self._replay()
         else:
-            self.walls[-1][1] = time.perf_counter()
+            self._opt_step()
+        if self.sched is not None:  # the host LR refresh: outside the graph, as in a real loop
+            self.sched.step()
 
-    def times(self) -> list[float]:
-        if self.cuda:
-            torch.cuda.synchronize()
-            return [a.elapsed_time(b) / 1e3 for a, b in self.pairs]
-        return [b - a for a, b in self.walls]
+    def warm_up(self, steps: int) -> None:
+        """`steps` untimed steps (the compile, for torch-compiled); graph rows warm up on a side stream,
+        capture opt.step() once, then replay."""
+        t0 = time.perf_counter()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            if self.graph:
+                side = torch.cuda.Stream()
+                side.wait_stream(torch.cuda.current_stream())
+                with torch.cuda.stream(side):
+                    for _ in range(max(3, steps)):
+                        self.step()
+                torch.cuda.current_stream().wait_stream(side)
+                graph = torch.cuda.CUDAGraph()
+                with torch.cuda.graph(graph):
+                    self._opt_step()
+                self._replay = graph.replay
+            for _ in range(steps):
+                self.step()
+        _sync(self.device)
+        self.warmup_s = time.perf_counter() - t0
+
+    def time_round(self, steps: int) -> None:
+        """Times `steps` consecutive steps; appends the per-step wall (device) and host CPU time."""
+        cuda = self.device == "cuda"
+        if cuda:
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+        wall0, cpu0 = time.perf_counter(), time.process_time()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            for _ in range(steps):
+                self.step()
+        cpu = time.process_time() - cpu0  # before any sync: the host's own work
+        if cuda:
+            end.record()
+            end.synchronize()
+            wall = start.elapsed_time(end) / 1e3
+        else:
+            wall = time.perf_counter() - wall0
+        self.walls.append(wall / steps)
+        self.cpus.append(cpu / steps)
 
 
 def _sync(device):
@@ -212,116 +328,119 @@ def _sync(device):
 
 def copy_bandwidth(device: str, nbytes: int) -> float:
     """GB/s of dst.copy_(src) (2 x nbytes moved), from the fastest of several copies."""
-    n = nbytes // 4
-    src = torch.empty(n, dtype=torch.float32, device=device).fill_(1.0)
+    src = torch.empty(nbytes // 4, dtype=torch.float32, device=device).fill_(1.0)
     dst = torch.empty_like(src)
-    timer = Timer(device)
-    for i in range(8):
-        timer.start()
+    times = []
+    for _ in range(8):
+        _sync(device)
+        t0 = time.perf_counter()
         dst.copy_(src)
-        timer.stop()
-    _sync(device)
-    times = timer.times()[2:]
+        _sync(device)
+        times.append(time.perf_counter() - t0)
     del src, dst
-    return 2 * nbytes / min(times) / 1e9  # best of 6: a ceiling, robust to a busy host
+    return 2 * nbytes / min(times[2:]) / 1e9  # best of 6: a ceiling, robust to a busy host
 
 
-def run_variant(v: dict, master_p, master_g, device: str, warmup: int, repeat: int, ours_sched) -> dict:
-    """Builds fresh params/grads/state, runs `warmup` untimed and `repeat` timed steps; returns the row
-    and (eager rows) the final params for the bit-equality check."""
-    params = [p.detach().clone().requires_grad_(True) for p in master_p]
-    for p, g in zip(params, master_g):
-        p.grad = g.clone()
-    kind, impl = v["optimizer"], v["impl"]
-    graph = impl.endswith("+graph")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        if impl.startswith("ours"):
-            # ours-constlr: the same kernel with a constant program (schedule=None), to price the schedule.
-            opt, sched = make_ours(kind, params, None if impl.startswith(CONST_LR) else ours_sched), None
-        else:
-            form = impl.replace("torch-", "").replace("+graph", "")
-            opt = make_torch(kind, params, form, device)
-            sched = _hf_cosine(opt, *v["schedule"])
-
-        def step():
-            opt.step()
-            if sched is not None:
-                sched.step()
-
-        timer = Timer(device)
-        if not graph:
-            for _ in range(warmup):
-                step()
-            _sync(device)
-            cpu0 = time.process_time()
-            for _ in range(repeat):
-                timer.start()
-                step()
-                timer.stop()
-            _sync(device)
-            cpu = (time.process_time() - cpu0) / repeat
-        else:
-            side = torch.cuda.Stream()
-            side.wait_stream(torch.cuda.current_stream())
-            with torch.cuda.stream(side):
-                for _ in range(max(3, warmup)):
-                    step()
-            torch.cuda.current_stream().wait_stream(side)
-            g = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(g):
-                opt.step()  # the torch peers' LR refresh (sched.step -> lr.fill_) stays outside
-            for _ in range(warmup):
-                g.replay()
-                if sched is not None:
-                    sched.step()
-            _sync(device)
-            cpu0 = time.process_time()
-            for _ in range(repeat):
-                timer.start()
-                g.replay()
-                if sched is not None:
-                    sched.step()
-                timer.stop()
-            _sync(device)
-            cpu = (time.process_time() - cpu0) / repeat
-    times = timer.times()
-    final = None if graph else [p.detach() for p in params]
-    del opt, sched
-    return {"times_s": times, "median_s": statistics.median(times), "min_s": min(times), "host_cpu_s": cpu}, final
+STATE_KEYS = ("exp_avg", "exp_avg_sq", "max_exp_avg_sq", "momentum_buffer")  # torch's layout, which ours keeps
 
 
-def _bits_equal(a, b) -> bool:
-    return all(x.shape == y.shape and torch.equal(x.view(torch.int32), y.view(torch.int32)) for x, y in zip(a, b))
+def _bits_equal(a: Contestant, b: Contestant) -> bool:
+    """Params and optimizer states (STATE_KEYS both have) equal bit for bit."""
+    def same(x, y):
+        return x.dtype == y.dtype and x.shape == y.shape and torch.equal(x.view(torch.int32), y.view(torch.int32))
+
+    for p, q in zip(a.params, b.params):
+        sp, sq = a.opt.state.get(p, {}), b.opt.state.get(q, {})
+        pairs = [(p, q)] + [(sp[k], sq[k]) for k in STATE_KEYS
+                            if torch.is_tensor(sp.get(k)) and torch.is_tensor(sq.get(k))]
+        if not all(same(x, y) for x, y in pairs):
+            return False
+    return True
 
 
-def variants(device: str, have_ours: bool, warmup_total: tuple[int, int]) -> list[dict]:
-    out = []
-    for kind in ("AdamW", "SGD"):
-        impls = (["ours", CONST_LR] if have_ours else []) + ["torch-forloop", "torch-foreach", "torch-fused"]
-        if device == "cuda":
-            impls += (["torch-fused-capt"] + (["ours+graph", CONST_LR + "+graph"] if have_ours else [])
-                      + ["torch-fused-capt+graph"])
-        out += [{"optimizer": kind, "impl": i, "schedule": warmup_total} for i in impls]
-    return out
+# --------------------------------------------------------------------------- one set
+def run_set(name: str, shapes, kind: str, impls: list[str], device: str, cfg: dict, gen, bar,
+            time_share: float | None = None) -> list[dict]:
+    """All `impls` of one set and optimizer, interleaved in rotating rounds; one result row each. Rounds stop
+    early (after at least MIN_ROUNDS) once they have used `time_share` seconds. The host-overhead set runs
+    single-threaded on CPU: its arithmetic is negligible, and idle intra-op threads would only add their
+    spin-waits to process_time."""
+    threads = torch.get_num_threads()
+    if name == HOST_SET and device == "cpu":
+        torch.set_num_threads(1)
+    try:
+        return _run_set(name, shapes, kind, impls, device, cfg, gen, bar, time_share)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _run_set(name, shapes, kind, impls, device, cfg, gen, bar, time_share) -> list[dict]:
+    master_p = [torch.randn(s, generator=gen, device=device) for s in shapes]
+    master_g = [torch.randn(s, generator=gen, device=device).mul_(1e-2) for s in shapes]
+    n = numel(shapes)
+    rows, live = {}, []
+    for impl in impls:
+        rows[impl] = {"set": name, "params": n, "tensors": len(shapes), "optimizer": kind, "impl": impl,
+                      "mode": "graph" if impl.endswith("+graph") else "eager"}
+        bar.set_postfix_str(f"{name[:18]} {kind} {impl}: warm-up")
+        try:
+            c = Contestant(impl, kind, master_p, master_g, device, cfg["ours_sched"])
+            c.warm_up(cfg["warmup"])
+            live.append(c)
+        except Exception as exc:  # reported as an ERROR row; the others still run
+            rows[impl]["error"] = f"{type(exc).__name__}: {exc}"
+    del master_p
+    t0 = time.perf_counter()
+    for r in range(cfg["rounds"]):
+        bar.set_postfix_str(f"{name[:18]} {kind}: round {r + 1}/{cfg['rounds']}")
+        k = r % max(1, len(live))
+        for c in live[k:] + live[:k]:
+            if "error" in rows[c.impl]:
+                continue
+            try:
+                c.time_round(cfg["steps"])
+            except Exception as exc:
+                rows[c.impl]["error"] = f"{type(exc).__name__}: {exc}"
+        bar.update(1)
+        spent = time.perf_counter() - t0
+        if time_share is not None and r + 1 >= MIN_ROUNDS and spent * (r + 2) / (r + 1) > time_share:
+            bar.update(cfg["rounds"] - r - 1)
+            break
+    live = [c for c in live if "error" not in rows[c.impl]]
+    by_impl = {c.impl: c for c in live}
+    for c in live:
+        row = rows[c.impl]
+        med = robust_median(c.walls)
+        row.update(rounds=len(c.walls), threads=torch.get_num_threads(), rounds_s=c.walls, rounds_host_s=c.cpus,
+                   median_s=med, host_cpu_s=robust_median(c.cpus),
+                   outlier_rounds=[{"round": i, "s": c.walls[i], "x_median": c.walls[i] / statistics.median(c.walls)}
+                                   for i in outlier_rounds(c.walls)],
+                   warmup_s=c.warmup_s, bytes_per_param=BYTES_PER_PARAM[kind],
+                   gbps=BYTES_PER_PARAM[kind] * n / med / 1e9)
+        row["pct_copy"] = 100.0 * row["gbps"] / cfg["copy_gbps"]
+        if c.impl.startswith(COMPILED):  # warm-up time beyond that many ordinary steps: the compile
+            row["compile_s"] = max(0.0, c.warmup_s - cfg["warmup"] * med)
+        ours = by_impl.get(OURS + ("+graph" if c.graph else ""))
+        if ours is not None and ours is not c:
+            row["ratio"] = ratio_stats(c.walls, ours.walls)
+            row["host_ratio"] = ratio_stats(c.cpus, ours.cpus)
+            if not c.graph and not c.impl.startswith(CONST_LR):  # same number of eager steps from the same start
+                row["bit_equal"] = _bits_equal(c, ours)
+    del live, by_impl, master_g
+    if device == "cuda":
+        torch.cuda.empty_cache()
+    return [rows[i] for i in impls]
 
 
 # --------------------------------------------------------------------------- main
-def slug(text: str) -> str:
-    text = re.sub(r"\(r\)|\(tm\)|processor|cpu @.*$|\d+-core", "", text.lower())
-    words = re.sub(r"[^a-z0-9]+", "-", text).strip("-").split("-")
-    return "-".join(w for w in words if w)[:40].strip("-") or "device"
-
-
 def environment(device: str) -> dict:
     import warmup_fused
     from warmup_fused import _ops
-    from .cli import device_name
 
     env = {"warmup_fused": warmup_fused.__version__, "torch": torch.__version__,
            "torch_cuda": torch.version.cuda, "python": platform.python_version(),
-           "platform": platform.platform(), "device": device, "device_name": device_name(device),
-           "cpu": device_name("cpu"), "threads": torch.get_num_threads(), "build_info": _ops.build_info(),
+           "platform": platform.platform(), "device": device, "device_name": _report.device_name(device),
+           "cpu": _report.cpu_name(), "threads": torch.get_num_threads(), "build_info": _ops.build_info(),
            "date": datetime.datetime.now().isoformat(timespec="seconds")}
     if device == "cuda":
         props = torch.cuda.get_device_properties(0)
@@ -330,10 +449,16 @@ def environment(device: str) -> dict:
     return env
 
 
-def cmd_bench(args) -> int:
-    from .cli import best_device, device_name
+def _compile_sets(policy: str, sizes: str, sets) -> set[str]:
+    """Where the torch-compiled peer runs: its compile costs ~10-60 s per set and optimizer."""
+    if policy == "none" or (policy == "auto" and sizes == "tiny"):
+        return set()
+    names = {name for name, _ in sets if name != BIG_SET}
+    return names if policy == "all" else names & {HEADLINE_SET}
 
-    device = args.device or best_device()
+
+def cmd_bench(args) -> int:
+    device = args.device or _report.best_device()
     if device.startswith("cuda"):
         if not torch.cuda.is_available():
             print("error: --device cuda but CUDA is not available", file=sys.stderr)
@@ -343,186 +468,328 @@ def cmd_bench(args) -> int:
     elif device != "cpu":
         print(f"error: --device must be cpu or cuda, got {device!r}", file=sys.stderr)
         return 2
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
+    cores = os.cpu_count() or 1
+    busy = []
     if args.threads:
         torch.set_num_threads(args.threads)
+    elif device == "cpu" and load >= cores and torch.get_num_threads() > 1:
+        # Other processes hold every core: each OpenMP region (torch's fused CPU optimizers open one per tensor)
+        # then waits for a core to come free, and the run measures the OS scheduler instead of the optimizers.
+        busy.append(f"1 intra-op thread instead of {torch.get_num_threads()}: the 1-minute load was {load:.1f} "
+                    f"on {cores} cores, and with every core taken torch's per-tensor OpenMP regions stall for "
+                    f"scheduler ticks (seen here as 2-60x slower steps); --threads N forces N")
+        torch.set_num_threads(1)
     have_ours, ours_note = ours_available()
-    tiny = args.sizes == "tiny"
-    warmup = args.warmup if args.warmup is not None else (1 if tiny else (10 if device == "cuda" else 2))
-    repeat = args.repeat if args.repeat is not None else (3 if tiny else (30 if device == "cuda" else 5))
-    sched_wt = (5, 1000)  # warmup steps, total steps of the cosine schedule
+    tiny, cuda = args.sizes == "tiny", device == "cuda"
+    cfg = {"warmup": args.warmup if args.warmup is not None else (10 if cuda and not tiny else 2),
+           "rounds": args.rounds if args.rounds is not None else (4 if tiny else (20 if cuda else 15)),
+           "steps": args.steps if args.steps is not None else (10 if cuda and not tiny else 1)}
     sets, notes = param_sets(device, args.sizes)
+    if args.only:
+        sets = [(n, s) for n, s in sets if any(o.lower() in n.lower() for o in args.only)]
+        if not sets:
+            print(f"error: --only {args.only} matches no parameter set", file=sys.stderr)
+            return 2
     if ours_note:
         notes.insert(0, ours_note)
-    ours_sched = our_schedule(*sched_wt)
+    compiled = _compile_sets(args.compile_peer, args.sizes, sets)
+    if args.compile_peer != "none":
+        notes.append(f"{COMPILED}: compiled once before timing, only on "
+                     + (", ".join(sorted(compiled)) or "no set")
+                     + f" (--compile-peer {args.compile_peer}; its compile takes ~10-60 s per set and optimizer; "
+                       "--compile-peer all runs it everywhere)")
+    kinds = args.optimizers
+    if not kinds or set(kinds) - set(BYTES_PER_PARAM):
+        print(f"error: --optimizers takes AdamW and/or SGD, got {','.join(kinds)!r}", file=sys.stderr)
+        return 2
+    cfg["ours_sched"] = our_schedule(*SCHEDULE) if have_ours else None
+    cfg["copy_bytes"] = (2**30 if cuda else 2**28) if not tiny else 2**24
+    cfg["copy_gbps"] = copy_bandwidth(device, cfg["copy_bytes"])
 
-    copy_bytes = (2**30 if device == "cuda" else 2**28) if not tiny else 2**24
-    copy_gbps = copy_bandwidth(device, copy_bytes)
-    todo = [(name, shapes, v) for name, shapes in sets for v in variants(device, have_ours, sched_wt)]
-    rows = []
-    bar = _bar(len(todo), args.quiet)
+    # On CPU at default sizes the for-loop and foreach peers, 3-15x slower than the rest, run on the headline
+    # and host-overhead sets only: elsewhere they would take most of the run and decide nothing.
+    lean = device == "cpu" and args.sizes == "default"
+    plan = [(name, shapes, kind, [i for i in impl_names(device, have_ours, name in compiled)
+                                  if (name != BIG_SET or i in BIG_SET_IMPLS)
+                                  and not (lean and i in SLOW_PEERS and name not in (HEADLINE_SET, HOST_SET))])
+            for name, shapes in sets for kind in kinds]
+    if lean:
+        notes.append(f"{' and '.join(SLOW_PEERS)} run on {HEADLINE_SET} and {HOST_SET} only on CPU at "
+                     "--sizes default (they are the slowest peers); --sizes full runs them everywhere")
+    budget = args.budget if args.budget is not None else (None if tiny else (120.0 if cuda else 60.0))
+    bar = _report.progress(total=len(plan) * cfg["rounds"], desc="bench", quiet=args.quiet)
     gen = torch.Generator(device=device).manual_seed(0)
-    for name, shapes in sets:
-        # Master params and grads, made once per set on the device; every variant starts from copies.
-        master_p = [torch.randn(s, generator=gen, device=device) for s in shapes]
-        master_g = [torch.randn(s, generator=gen, device=device).mul_(1e-2) for s in shapes]
-        n = numel(shapes)
-        ours_final = {}
-        for _, _, v in [t for t in todo if t[0] == name]:
-            bar.set_postfix_str(f"{name[:18]} {v['optimizer']} {v['impl']}")
-            row = {"set": name, "params": n, "tensors": len(shapes), "optimizer": v["optimizer"],
-                   "impl": v["impl"], "mode": "graph" if v["impl"].endswith("+graph") else "eager"}
-            try:
-                res, final = run_variant(v, master_p, master_g, device, warmup, repeat, ours_sched)
-                row.update(res)
-                bpp = BYTES_PER_PARAM[v["optimizer"]]
-                row["bytes_per_param"] = bpp
-                row["gbps"] = bpp * n / row["median_s"] / 1e9
-                row["pct_copy"] = 100.0 * row["gbps"] / copy_gbps
-                if v["impl"] == "ours":
-                    ours_final[v["optimizer"]] = final
-                elif final is not None and v["optimizer"] in ours_final and not v["impl"].startswith(CONST_LR):
-                    row["bit_equal"] = _bits_equal(final, ours_final[v["optimizer"]])
-                del final
-            except Exception as exc:
-                row["error"] = f"{type(exc).__name__}: {exc}"
-            rows.append(row)
-            bar.update(1)
-        del master_p, master_g, ours_final
-        if device == "cuda":
-            torch.cuda.empty_cache()
+    rows, spent = [], 0.0
+    for k, (name, shapes, kind, impls) in enumerate(plan):
+        share = None if budget is None else max(0.0, budget - spent) / (len(plan) - k)
+        t0 = time.perf_counter()
+        rows += run_set(name, shapes, kind, impls, device, cfg, gen, bar, share)
+        spent += time.perf_counter() - t0 - sum(r.get("warmup_s", 0.0) for r in rows[-len(impls):])
     bar.close()
-
-    # x-ours: peer median / ours median, same set, optimizer and mode.
-    ours_med = {(r["set"], r["optimizer"], r["mode"]): r["median_s"]
-                for r in rows if r["impl"] in ("ours", "ours+graph") and "median_s" in r}
-    for r in rows:
-        key = (r["set"], r["optimizer"], r["mode"])
-        if "median_s" in r and key in ours_med and r["impl"] not in ("ours", "ours+graph"):
-            r["ratio_vs_ours"] = r["median_s"] / ours_med[key]
-    # The in-kernel schedule's cost: ours (warmup-cosine program) over ours-constlr, same set and mode.
-    sched_cost = [f"{r['set']} {r['optimizer']} {r['mode']}: {100.0 * (1.0 / r['ratio_vs_ours'] - 1.0):+.2f}%"
-                  for r in rows if r["impl"].startswith(CONST_LR) and "ratio_vs_ours" in r]
-    if sched_cost:
-        notes.append("in-kernel schedule cost (ours / ours-constlr - 1; medians, noise included): "
-                     + "; ".join(sched_cost))
+    cut = list(dict.fromkeys(f"{r['set']} {r['optimizer']}: {r['rounds']}" for r in rows
+                             if r.get("rounds", cfg["rounds"]) < cfg["rounds"]))
+    if cut:
+        notes.append(f"--budget {budget:.0f} s for the timed rounds: fewer than {cfg['rounds']} rounds (at least "
+                     f"{MIN_ROUNDS}) on " + "; ".join(cut))
+    if load > 0.5 * cores:
+        notes.append(f"the machine was busy when the run began (1-minute load {load:.1f} on {cores} cores): other "
+                     "processes compete for the cores, so expect outliers and wide ranges; ratios from interleaved "
+                     "rounds stay comparable")
+    notes += busy
+    if any(r["set"] == HOST_SET for r in rows) and device == "cpu":
+        notes.append(f"{HOST_SET} runs with 1 intra-op thread: its arithmetic is negligible, and idle threads' "
+                     "spin-waits would count in process_time")
+    notes += derived_notes(rows)
 
     env = environment(device)
-    table = render_table(rows, device)
-    header = (f"warmup_fused bench on {device} ({device_name(device)}), torch {torch.__version__}, "
-              f"{torch.get_num_threads()} threads, build {env['build_info']}\n"
-              f"median of {repeat} steps after {warmup} warmup steps; schedule: transformers cosine with "
-              f"warmup ({sched_wt[0]} warmup / {sched_wt[1]} total), base LR {LR}\n"
-              f"bytes moved: AdamW {BYTES_NOTE['AdamW']}; SGD {BYTES_NOTE['SGD']}\n"
-              f"copy_ bandwidth ({copy_bytes / 2**20:.0f} MiB tensor): {copy_gbps:.1f} GB/s")
-    footer = ("x-ours = peer median / ours median in the same mode (>1 means ours is faster); "
-              "bit-equal = peer's params == ours bit for bit after the same eager steps")
-    text = "\n".join([header, "", table, "", footer] + [f"note: {s}" for s in notes])
+    env["loadavg_1min_at_start"] = load
+    result = {"env": env,
+              "config": {"sizes": args.sizes, "warmup": cfg["warmup"], "rounds": cfg["rounds"], "budget_s": budget,
+                         "min_rounds": MIN_ROUNDS,
+                         "steps_per_round": cfg["steps"], "outlier_factor": OUTLIER_FACTOR, "lr": LR,
+                         "adamw": ADAMW, "sgd": SGD_KW, "compile_peer": args.compile_peer,
+                         "schedule": {"kind": "transformers cosine with warmup", "num_warmup_steps": SCHEDULE[0],
+                                      "num_training_steps": SCHEDULE[1]},
+                         "bytes_per_param": BYTES_PER_PARAM, "bytes_note": BYTES_NOTE},
+              "copy_bandwidth_gbps": cfg["copy_gbps"], "copy_bytes": cfg["copy_bytes"], "ours_available": have_ours,
+              "notes": notes, "results": rows}
+    text = render_text(result)
     print(text)
     errors = [r for r in rows if "error" in r]
     for r in errors:
         print(f"ERROR {r['set']} {r['optimizer']} {r['impl']}: {r['error']}")
 
-    os.makedirs(args.out, exist_ok=True)
-    stem = os.path.join(args.out, f"{slug(device_name(device)) if device == 'cuda' else 'cpu-' + slug(device_name(device))}"
-                                  f"-{datetime.date.today().isoformat()}")
-    if tiny:
-        stem += "-tiny"
-    result = {"env": env, "config": {"sizes": args.sizes, "warmup": warmup, "repeat": repeat, "lr": LR,
-                                     "adamw": ADAMW, "sgd": SGD_KW, "schedule": {
-                                         "kind": "transformers cosine with warmup",
-                                         "num_warmup_steps": sched_wt[0], "num_training_steps": sched_wt[1]},
-                                     "bytes_per_param": BYTES_PER_PARAM, "bytes_note": BYTES_NOTE},
-              "copy_bandwidth_gbps": copy_gbps, "copy_bytes": copy_bytes, "ours_available": have_ours,
-              "notes": notes, "results": rows}
-    with open(stem + ".json", "w") as f:
-        json.dump(result, f, indent=2, default=str)
-        f.write("\n")
-    with open(stem + ".txt", "w") as f:
-        f.write(text + "\n")
-    print(f"wrote {stem}.json and {stem}.txt")
+    stem = _report.result_stem(args, "bench", device, tiny)
+    _report.write_json(stem + ".json", result)
+    _report.write_text(stem + ".txt", text)
+    written = [stem + ".json", stem + ".txt", stem + ".md"]
     if args.chart:
-        chart(rows, stem + ".png", f"{device_name(device)} (copy_ {copy_gbps:.0f} GB/s)", copy_gbps)
-        print(f"wrote {stem}.png")
+        chart(rows, stem + ".png",
+              f"{env['device_name']}: one optimizer step, up to {cfg['rounds']} interleaved rounds")
+        written.append(stem + ".png")
+    _report.write_text(stem + ".md", render_markdown(result, stem))
+    print("wrote " + ", ".join(written))
     return 1 if errors else 0
 
 
-class _NoBar:
-    def set_postfix_str(self, *a, **k): pass
-    def update(self, *a): pass
-    def close(self): pass
+# --------------------------------------------------------------------------- reports
+def derived_notes(rows) -> list[str]:
+    """Outliers, compile times, the in-kernel schedule's cost and the host-overhead target, in words."""
+    notes = []
+    for r in rows:
+        for o in r.get("outlier_rounds", []):
+            notes.append(f"outlier: {r['set']} {r['optimizer']} {r['impl']} round {o['round']} took "
+                         f"{o['s'] * 1e3:.3f} ms/step, {o['x_median']:.0f}x its median (unexplained; excluded)")
+    compiles = [f"{r['optimizer']} {r['set']} {r['compile_s']:.1f} s" for r in rows if "compile_s" in r]
+    if compiles:
+        notes.append(f"{COMPILED} compile time (once, before timing, not in the step times): " + "; ".join(compiles))
+    costs = [f"{r['set']} {r['optimizer']} {r['mode']}: {_pct(r['ratio'])}" for r in rows
+             if r["impl"].startswith(CONST_LR) and "ratio" in r]
+    if costs:
+        notes.append("in-kernel schedule cost (ours / ours-constlr - 1, median [IQR] over rounds): " + "; ".join(costs))
+    notes += [host_overhead_line(r, rows) for r in rows if r["set"] == HOST_SET and r["impl"] == "torch-fused"
+              and "host_ratio" in r]
+    return notes
 
 
-def _bar(total: int, quiet: bool):
-    """tqdm on stderr (hidden when stderr is not a terminal, or with --quiet)."""
-    if quiet:
-        return _NoBar()
-    try:
-        from tqdm import tqdm
-    except ImportError:
-        return _NoBar()
-    return tqdm(total=total, desc="bench", unit="variant", leave=False, file=sys.stderr, disable=None)
+def _pct(ratio: dict) -> str:
+    """A constlr/ours ratio as the schedule's cost in percent: 1/ratio - 1."""
+    lo, mid, hi = (100.0 * (1.0 / ratio[k] - 1.0) for k in ("q3", "median", "q1"))
+    return f"{mid:+.1f}% [{lo:+.1f}..{hi:+.1f}]"
 
 
-def _fmt_time(s: float) -> str:
+def host_overhead_line(fused: dict, rows) -> str:
+    ours = next(r for r in rows if r["set"] == fused["set"] and r["optimizer"] == fused["optimizer"]
+                and r["impl"] == OURS)
+    hr = fused["host_ratio"]
+    met = "met" if hr["median"] >= 1.0 else "NOT met"
+    return (f"host overhead, {fused['optimizer']} on {fused['set']}: ours {ours['host_cpu_s'] * 1e3:.3f} ms host CPU "
+            f"per step ({ours['median_s'] * 1e3:.3f} ms wall), torch fused {fused['host_cpu_s'] * 1e3:.3f} ms "
+            f"({fused['median_s'] * 1e3:.3f} ms wall); fused/ours host CPU {_x(hr)}: target ours <= torch fused "
+            f"{met}")
+
+
+def _x(ratio: dict) -> str:
+    return f"{ratio['median']:.2f}x [{ratio['q1']:.2f}-{ratio['q3']:.2f}]"
+
+
+def _ms(s: float) -> str:
     return f"{s * 1e3:.3f}" if s < 1 else f"{s * 1e3:.0f}"
 
 
-def render_table(rows, device) -> str:
-    from .cli import format_table
-
-    headers = ["set", "params", "opt", "impl", "median ms", "GB/s", "%copy", "host CPU ms", "x-ours", "bit-equal"]
+def table_rows(rows) -> list[list]:
     out = []
     for r in rows:
+        head = [r["set"], r["optimizer"], r["impl"]]
         if "error" in r:
-            out.append([r["set"], f"{r['params'] / 1e6:.1f}M", r["optimizer"], r["impl"], "ERROR", "-", "-", "-", "-",
-                        "-"])
+            out.append(head + ["ERROR"] + ["-"] * 6)
             continue
-        if r["impl"].startswith("ours"):
-            bit = "(ref)" if r["impl"] == "ours" else "-"
-        else:
-            bit = {True: "yes", False: "no"}.get(r.get("bit_equal"), "-")
-        out.append([r["set"], f"{r['params'] / 1e6:.1f}M", r["optimizer"], r["impl"], _fmt_time(r["median_s"]),
-                    f"{r['gbps']:.1f}", f"{r['pct_copy']:.0f}%", f"{r['host_cpu_s'] * 1e3:.3f}",
-                    f"{r['ratio_vs_ours']:.2f}x" if "ratio_vs_ours" in r else "-", bit])
-    return format_table(headers, out, align="<><<>>>>><")
+        bit = {True: "yes", False: "no"}.get(r.get("bit_equal"), "-")
+        if r["impl"] in (OURS, OURS + "+graph"):
+            bit = "(ref)"
+        ratio = r.get("ratio")
+        out.append(head + [_ms(r["median_s"]), _ms(r["host_cpu_s"]), f"{r['gbps']:.1f}", f"{r['pct_copy']:.0f}%",
+                           _x(ratio) if ratio else "-", ratio["verdict"] if ratio else "-", bit])
+    return out
 
 
-def chart(rows, path: str, title: str, copy_gbps: float) -> None:
-    import matplotlib
+TABLE_HEADERS = ["set", "opt", "impl", "ms/step", "host ms", "GB/s", "%copy", "x-ours [IQR]", "verdict", "bit-equal"]
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+
+def render_text(result: dict) -> str:
+    env, cfg = result["env"], result["config"]
+    header = (f"warmup_fused bench on {env['device']} ({env['device_name']}), torch {env['torch']}, "
+              f"{env['threads']} intra-op thread(s), {_report.build_text(env['build_info'])}\n"
+              f"up to {cfg['rounds']} rounds x {cfg['steps_per_round']} step(s) per implementation, rotating order, "
+              f"after {cfg['warmup']} warmup steps; medians over rounds; schedule: transformers cosine with warmup "
+              f"({SCHEDULE[0]} warmup / {SCHEDULE[1]} total), base LR {LR}\n"
+              f"bytes moved: AdamW {BYTES_NOTE['AdamW']}; SGD {BYTES_NOTE['SGD']}\n"
+              f"copy_ bandwidth ({result['copy_bytes'] / 2**20:.0f} MiB tensor): "
+              f"{result['copy_bandwidth_gbps']:.1f} GB/s; 1-minute load at start {env['loadavg_1min_at_start']:.1f}")
+    table = _report.format_table(TABLE_HEADERS, table_rows(result["results"]), align="<<<>>>>><<")
+    footer = (f"x-ours = peer / ours per round, same mode (>1: ours faster), median [q1-q3]; '{PARITY}' when "
+              f"[q1-q3] contains 1.00; host ms = process_time per step (all threads); "
+              f"bit-equal = peer's params and states == ours bit for bit after the same eager steps")
+    return "\n".join([header, "", table, "", footer] + [f"note: {s}" for s in result["notes"]])
+
+
+HEADLINE_PEERS = ((OURS, "torch-fused"), (OURS, COMPILED), (OURS + "+graph", "torch-fused-capt+graph"),
+                  (OURS + "+graph", COMPILED + "+graph"))
+SHORT_VERDICT = {PARITY: "parity", "ours faster": "faster", "ours slower": "SLOWER"}
+
+
+def headline_markdown(result: dict) -> str:
+    """Per set and optimizer: ours' time and its ratio to each headline peer (torch fused, compiled, their
+    graphed forms), as a Markdown table; a cell reads 'peer/ours median [q1-q3] verdict'."""
+    rows = result["results"]
+    by = {(r["set"], r["optimizer"], r["impl"]): r for r in rows}
+    keys = list(dict.fromkeys((r["set"], r["optimizer"]) for r in rows))
+    pairs = [(o, p) for o, p in HEADLINE_PEERS if any((k + (p,)) in by for k in keys)]
+    bases = list(dict.fromkeys(o for o, _ in pairs))
+    headers = ["set", "opt"]
+    for base in bases:
+        headers += [f"{base} ms"] + [f"x {p}" for o, p in pairs if o == base]
+    table = []
+    for key in keys:
+        line = list(key)
+        for base in bases:
+            ours = by.get(key + (base,))
+            line.append(_ms(ours["median_s"]) if ours and "median_s" in ours else "-")
+            for o, p in pairs:
+                if o != base:
+                    continue
+                peer = by.get(key + (p,))
+                if peer is None:
+                    line.append("-")
+                elif "error" in peer:
+                    line.append("ERROR")
+                else:
+                    line.append(f"{_x(peer['ratio'])} {SHORT_VERDICT[peer['ratio']['verdict']]}"
+                                if "ratio" in peer else "-")
+        table.append(line)
+    return ("x peer = peer time / ours time per round, median [q1-q3]; > 1: ours faster; 'parity' = within "
+            "noise (the range contains 1).\n\n"
+            + _report.markdown_table(headers, table, align="<<" + ">" * (len(headers) - 2)))
+
+
+def render_markdown(result: dict, stem: str) -> str:
+    """A short summary: ours against the headline peers per set, host overhead and the other notes."""
+    env, cfg = result["env"], result["config"]
+    base = os.path.basename(stem)
+    lines = [f"# warmup_fused bench: {env['device_name']}",
+             "",
+             f"{env['date']}, torch {env['torch']}, {env['threads']} intra-op thread(s), "
+             f"{_report.build_text(env['build_info'])}. "
+             f"Up to {cfg['rounds']} interleaved rounds x {cfg['steps_per_round']} step(s) per implementation, "
+             f"rotating order, after {cfg['warmup']} warmup steps.",
+             "",
+             headline_markdown(result),
+             "",
+             "## Notes",
+             ""]
+    lines += [f"- {n}" for n in result["notes"]]
+    lines += ["", f"Every implementation, with GB/s and host CPU: `{base}.txt`; all rounds: `{base}.json`"
+              + (f"; chart: `{base}.png`" if os.path.exists(stem + ".png") else "") + "."]
+    return "\n".join(lines)
+
+
+def chart(rows, path: str, title: str) -> None:
+    """Per optimizer: the per-round ratio against ours (median dot, IQR whisker) and the time per step, both
+    on log scales so every set fits. One legend below the panels, clear of the data."""
+    plt = _report.pyplot()
+    from matplotlib.lines import Line2D
 
     kinds = [k for k in ("AdamW", "SGD") if any(r["optimizer"] == k for r in rows)]
     sets = list(dict.fromkeys(r["set"] for r in rows))
-    impls = list(dict.fromkeys(r["impl"] for r in rows))
-    fig, axes = plt.subplots(1, len(kinds), figsize=(6.5 * len(kinds), max(3.0, 1.2 + 0.3 * len(sets) * len(impls))),
-                             squeeze=False)
-    cmap = plt.get_cmap("tab10")
-    for ax, kind in zip(axes[0], kinds):
-        height = 0.8 / max(1, len(impls))
+    order = impl_names("cuda", True, True)  # every implementation, in one order: stable colors across runs
+    impls = sorted(dict.fromkeys(r["impl"] for r in rows), key=lambda i: order.index(i) if i in order else len(order))
+    colors = {impl: plt.get_cmap("tab10")(order.index(impl) % 10 if impl in order else 9) for impl in impls}
+    peers = [i for i in impls if i not in (OURS, OURS + "+graph")]
+    height = max(3.2, 0.55 * len(sets) * max(1.0, len(impls) / 4))
+    fig, axes = plt.subplots(2, len(kinds), figsize=(7.0 * len(kinds), 2 * height + 1.2), squeeze=False,
+                             layout="constrained")
+    for col, kind in enumerate(kinds):
+        ax_r, ax_b = axes[0, col], axes[1, col]
+        step = 0.8 / max(1, len(peers))
+        for j, impl in enumerate(peers):
+            pts = [(i + j * step, r["ratio"]) for i, s in enumerate(sets) for r in rows
+                   if r["set"] == s and r["optimizer"] == kind and r["impl"] == impl and "ratio" in r]
+            if pts:
+                ys = [y for y, _ in pts]
+                mids = [q["median"] for _, q in pts]
+                err = [[q["median"] - q["q1"] for _, q in pts], [q["q3"] - q["median"] for _, q in pts]]
+                ax_r.errorbar(mids, ys, xerr=err, fmt="o", ms=4, capsize=2, color=colors[impl])
+        ax_r.axvline(1.0, color="0.2", lw=1)
+        ax_r.set_xscale("log")
+        lo, hi = ax_r.get_xlim()
+        ax_r.set_xlim(min(lo, 0.5), max(hi, 2.0))
+        _log_axis(ax_r, "x")
+        ax_r.text(1.0, 1.0, " ours faster \u2192", transform=ax_r.get_xaxis_transform(), ha="left", va="bottom",
+                  fontsize=8, color="0.3")
+        ax_r.text(1.0, 1.0, "\u2190 ours slower ", transform=ax_r.get_xaxis_transform(), ha="right", va="bottom",
+                  fontsize=8, color="0.3")
+        ax_r.set_xlabel("peer time / ours time per round (median, IQR whisker; log scale)")
+        ax_r.set_title(f"{kind}: x-ours", fontsize=10, pad=14)
+        _set_axis(ax_r, sets, step * (len(peers) - 1) / 2)
+        step = 0.8 / max(1, len(impls))
         for j, impl in enumerate(impls):
-            ys, xs = [], []
-            for i, s in enumerate(sets):
-                r = next((r for r in rows if r["set"] == s and r["optimizer"] == kind and r["impl"] == impl
-                          and "gbps" in r), None)
-                if r is not None:
-                    ys.append(i + j * height)
-                    xs.append(r["gbps"])
-            ax.barh(ys, xs, height=height, color=cmap(j % 10), label=impl,
-                    edgecolor="black" if impl.startswith("ours") else None)
-        ax.axvline(copy_gbps, ls="--", color="0.3", lw=1, label="copy_ bandwidth")
-        ax.set_yticks([i + 0.4 - height / 2 for i in range(len(sets))])
-        ax.set_yticklabels(sets, fontsize=8)
-        ax.invert_yaxis()
-        ax.set_xlabel(f"GB/s ({BYTES_PER_PARAM[kind]} B/param / median step time)")
-        ax.set_title(f"{kind}: one step", fontsize=10)
-        ax.grid(axis="x", alpha=0.3)
-        ax.legend(fontsize=7, loc="lower right")
-    fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
+            pts = [(i + j * step, r["median_s"] * 1e3) for i, s in enumerate(sets) for r in rows
+                   if r["set"] == s and r["optimizer"] == kind and r["impl"] == impl and "median_s" in r]
+            if pts:
+                ax_b.barh([y for y, _ in pts], [x for _, x in pts], height=step, color=colors[impl],
+                          edgecolor="black" if impl.startswith(OURS) else None, linewidth=0.6)
+        _log_axis(ax_b, "")
+        ax_b.set_xlabel("ms per step (median over rounds; log scale, shorter is faster)")
+        ax_b.set_title(f"{kind}: time per step", fontsize=10)
+        _set_axis(ax_b, sets, step * (len(impls) - 1) / 2)
+    handles = [Line2D([], [], color=colors[i], marker="s", ls="", ms=8,
+                      markeredgecolor="black" if i.startswith(OURS) else colors[i]) for i in impls]
+    fig.legend(handles, impls, loc="outside lower center",
+               ncol=min(6, len(handles)), fontsize=8, frameon=False)
+    fig.suptitle(title, fontsize=11)
+    fig.savefig(path, dpi=100)
     plt.close(fig)
+
+
+def _log_axis(ax, unit: str) -> None:
+    """Log x axis with plain tick labels (0.5x, 1x, 2x ... or 1, 10, 100) instead of powers of ten."""
+    from matplotlib.ticker import FixedLocator, FuncFormatter, NullFormatter
+
+    ax.set_xscale("log")
+    lo, hi = ax.get_xlim()  # after the switch: autoscaled for log
+    ticks = [m * 10.0**e for e in range(-4, 5) for m in (1, 2, 5) if lo <= m * 10.0**e <= hi]
+    ax.xaxis.set_major_locator(FixedLocator(ticks))
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}{unit}"))
+    ax.xaxis.set_minor_formatter(NullFormatter())
+    ax.set_xlim(lo, hi)
+
+
+def _set_axis(ax, sets, offset):
+    ax.set_yticks([i + offset for i in range(len(sets))])
+    ax.set_yticklabels(sets, fontsize=8)
+    ax.set_ylim(len(sets) - 0.1, -0.3)
+    ax.grid(axis="x", alpha=0.3)
 
 
 def add_parser(sub) -> None:
@@ -533,15 +800,29 @@ def add_parser(sub) -> None:
     s.add_argument("--sizes", choices=("tiny", "default", "full"), default="default",
                    help="tiny: seconds, for CI; default: the standard sets (gpt2 skipped on CPU); "
                         "full: every set the device can hold")
-    s.add_argument("--out", default=os.path.join("benchmarks", "results"),
-                   help="directory for <device>-<date>.json/.txt/.png (default benchmarks/results)")
+    s.add_argument("--only", action="append", metavar="SUBSTRING",
+                   help="only parameter sets whose name contains SUBSTRING (repeatable)")
+    s.add_argument("--optimizers", type=lambda t: [k for k in t.split(",") if k], default=["AdamW", "SGD"],
+                   metavar="AdamW,SGD", help="optimizers to time (default both)")
+    s.add_argument("--compile-peer", choices=("auto", "all", "none"), default="auto",
+                   help=f"where torch-compiled runs: auto = the {HEADLINE_SET!r} set (not at --sizes tiny), "
+                        "all = every set, none")
+    _report.add_output_args(s, "bench-<device>-<date>.json/.txt/.md/.png")
     s.add_argument("--chart", action="store_true", help="also write a PNG chart")
-    s.add_argument("--repeat", type=int, default=None, help="timed steps per variant (median reported)")
-    s.add_argument("--warmup", type=int, default=None, help="untimed steps before timing")
+    s.add_argument("--rounds", type=int, default=None, help="interleaved rounds (default 20 GPU, 15 CPU, 4 tiny)")
+    s.add_argument("--budget", type=float, default=None, metavar="SECONDS",
+                   help=f"time for the timed rounds of all sets together (default 120 GPU, 60 CPU, none tiny); a set "
+                        f"whose share runs out stops after at least {MIN_ROUNDS} rounds (warm-up and compile excluded)")
+    s.add_argument("--steps", type=int, default=None, help="timed steps per implementation and round "
+                                                           "(default 10 GPU, 1 CPU and tiny)")
+    s.add_argument("--warmup", type=int, default=None, help="untimed steps before timing (default 10 GPU, else 2)")
     s.add_argument("--threads", type=int, default=None,
-                   help="torch.set_num_threads for the run (default: torch's choice)")
+                   help="torch.set_num_threads for the run (default: torch's choice, or 1 on a CPU whose every core "
+                        "is already busy: 1-minute load >= cores)")
     s.add_argument("--quiet", action="store_true", help="no progress bar")
     s.set_defaults(func=cmd_bench)
 
 
-__all__ = ["add_parser", "cmd_bench", "gpt2_small_shapes", "resnet50_shapes", "param_sets"]
+__all__ = ["add_parser", "cmd_bench", "gpt2_small_shapes", "resnet50_shapes", "host_overhead_shapes", "param_sets",
+           "ratio_stats", "outlier_rounds", "quartiles", "verdict", "headline_markdown", "render_markdown", "chart",
+           "PARITY"]

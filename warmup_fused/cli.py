@@ -7,38 +7,19 @@ from __future__ import annotations
 import argparse
 import ast
 import json
+import math
 import os
 import sys
+import textwrap
 import warnings
 
 import torch
 
+from . import _report
+from ._report import best_device, device_name, format_table  # re-exported: shared with bench
+
 
 # ------------------------------------------------------------------ helpers
-def best_device() -> str:
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
-def device_name(device: str | torch.device) -> str:
-    device = torch.device(device)
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    return cpu_name()
-
-
-def cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.lower().startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    import platform
-
-    return platform.processor() or platform.machine() or "cpu"
-
-
 def ulp_distance(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """Elementwise distance in units in the last place between float64 tensors (int64 bit views).
 
@@ -62,31 +43,6 @@ def ulp_distance(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     bits_differ = a.contiguous().view(torch.int64) != b.contiguous().view(torch.int64)
     diff = torch.where(nan & bits_differ, torch.full_like(diff, torch.iinfo(torch.int64).max), diff)
     return diff
-
-
-def format_table(headers: list[str], rows: list[list], align: str | None = None) -> str:
-    """A plain-text table; align is one char per column ('<' or '>'), numbers right-aligned by default."""
-    cells = [[str(h) for h in headers]] + [["" if c is None else str(c) for c in r] for r in rows]
-    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
-    if align is None:
-        align = "".join(">" if rows and all(_numberish(r[i]) for r in rows) else "<" for i in range(len(headers)))
-    lines = []
-    for k, r in enumerate(cells):
-        lines.append("  ".join(f"{c:{a}{w}}" for c, a, w in zip(r, align, widths)).rstrip())
-        if k == 0:
-            lines.append("  ".join("-" * w for w in widths))
-    return "\n".join(lines)
-
-
-def _numberish(x) -> bool:
-    if isinstance(x, (int, float)):
-        return True
-    s = str(x).rstrip("x%").replace(",", "")
-    try:
-        float(s)
-        return True
-    except ValueError:
-        return s in ("-", "")
 
 
 # ------------------------------------------------------------------ info
@@ -125,8 +81,9 @@ def cmd_info(args) -> int:
 
 
 # ------------------------------------------------------------------ verify
-def verify_one(name: str, factory, steps: int, device: str) -> dict:
-    """Runs the reference loop and the converted schedule; returns one result row."""
+def verify_one(name: str, factory, steps: int, device: str, keep_curves: bool = False) -> dict:
+    """Runs the reference loop and the converted schedule; returns one result row (with keep_curves, the
+    float64 [groups, steps] LRs of the reference, ours and fast mode under ``_curves``, not saved to JSON)."""
     from warmup_fused import _reference
 
     row = {"schedule": name, "steps": steps, "groups": None, "mismatches": None, "max_ulp": None,
@@ -142,18 +99,36 @@ def verify_one(name: str, factory, steps: int, device: str) -> dict:
         got = converted.lr_at(range(steps), device).cpu()
         if tuple(got.shape) != tuple(ref.shape):
             raise RuntimeError(f"shape {tuple(got.shape)} from lr_at, reference has {tuple(ref.shape)}")
+        fast_lrs = fast.lr_at(range(steps), device).cpu()
         differ = ref.view(torch.int64) != got.view(torch.int64)
         row.update(groups=ref.shape[0], mismatches=int(differ.sum()),
                    max_ulp=int(ulp_distance(ref, got).max()) if ref.numel() else 0,
                    table_bytes=converted.table_bytes,
-                   fast_max_ulp=int(ulp_distance(ref, fast.lr_at(range(steps), device).cpu()).max())
-                   if ref.numel() else 0)
+                   fast_max_ulp=int(ulp_distance(ref, fast_lrs).max()) if ref.numel() else 0)
         if row["mismatches"]:
             g, t = (int(i) for i in differ.nonzero()[0])
             row["first_mismatch"] = {"group": g, "step": t, "reference": ref[g, t].item(), "ours": got[g, t].item()}
+        if keep_curves:
+            row["_curves"] = {"reference": ref, "ours": got, "fast": fast_lrs}
     except Exception as exc:  # reported in the table, and the exit code is 1
         row["error"] = f"{type(exc).__name__}: {exc}"
     return row
+
+
+VERIFY_HEADERS = ["schedule", "steps", "groups", "mismatches", "max ulp", "table bytes", "fast-mode max ulp",
+                  "device"]
+
+
+def _verify_table_rows(rows) -> list[list]:
+    out = []
+    for r in rows:
+        if r["error"]:
+            out.append([r["schedule"], r["steps"], "-", "ERROR", "-", "-", "-", r["device"]])
+        else:
+            ulp = r["max_ulp"] if r["max_ulp"] < 10**6 else f"{r['max_ulp']:.2e}"
+            out.append([r["schedule"], r["steps"], r["groups"], r["mismatches"], ulp, f"{r['table_bytes']:,}",
+                        r["fast_max_ulp"], r["device"]])
+    return out
 
 
 def cmd_verify(args) -> int:
@@ -181,21 +156,9 @@ def cmd_verify(args) -> int:
         print("error: nothing to verify", file=sys.stderr)
         return 2
 
-    rows = []
-    progress = _progress(entries, desc="verify", disable=args.quiet)
-    for name, factory in progress:
-        rows.append(verify_one(name, factory, args.steps, device))
-    headers = ["schedule", "steps", "groups", "mismatches", "max ulp", "table bytes", "fast-mode max ulp",
-               "device"]
-    table_rows = []
-    for r in rows:
-        if r["error"]:
-            table_rows.append([r["schedule"], r["steps"], "-", "ERROR", "-", "-", "-", r["device"]])
-        else:
-            ulp = r["max_ulp"] if r["max_ulp"] < 10**6 else f"{r['max_ulp']:.2e}"
-            table_rows.append([r["schedule"], r["steps"], r["groups"], r["mismatches"], ulp,
-                               f"{r['table_bytes']:,}", r["fast_max_ulp"], r["device"]])
-    print(format_table(headers, table_rows, align="<>>>>>><"))
+    rows = [verify_one(name, factory, args.steps, device, keep_curves=args.chart)
+            for name, factory in _report.progress(entries, desc="verify", quiet=args.quiet)]
+    print(format_table(VERIFY_HEADERS, _verify_table_rows(rows), align="<>>>>>><"))
     print("max ulp: exact mode (the default) against the reference; fast-mode max ulp: exact=False, where "
           "cos/pow/exp/log/tanh use the device's own math (informational, not part of pass/fail)")
     failed = [r for r in rows if r["error"] or r["mismatches"]]
@@ -206,10 +169,108 @@ def cmd_verify(args) -> int:
         print(f"skipped {s}")
     print(f"{len(rows) - len(failed)}/{len(rows)} schedules bit-exact over {args.steps} steps on "
           f"{device} ({device_name(device)})")
-    if args.json:
-        _write_json(args.json, {"device": device, "device_name": device_name(device), "steps": args.steps,
-                                "results": rows, "skipped": skipped, "ok": not failed})
+
+    result = {"device": device, "device_name": device_name(device), "torch": torch.__version__,
+              "steps": args.steps, "results": rows, "skipped": skipped, "ok": not failed}
+    stem = _report.result_stem(args, "verify", device)
+    written = [stem + ".json", stem + ".md"]
+    for path in [stem + ".json"] + ([args.json] if args.json else []):
+        _report.write_json(path, result)
+    if args.chart:
+        verify_chart(rows, stem + ".png", f"{len(rows) - len(failed)}/{len(rows)} bit-exact over {args.steps} steps "
+                                          f"on {device} ({device_name(device)})")
+        written.append(stem + ".png")
+    _report.write_text(stem + ".md", verify_markdown(result, stem))
+    print("wrote " + ", ".join(written + ([args.json] if args.json else [])))
     return 1 if failed else 0
+
+
+def verify_markdown(result: dict, stem: str) -> str:
+    rows = result["results"]
+    failed = [r for r in rows if r["error"] or r["mismatches"]]
+    base = os.path.basename(stem)
+    lines = [f"# warmup_fused verify: {result['device_name']}",
+             "",
+             f"torch {result['torch']}, {result['steps']} steps, LR of every param group at every step compared "
+             f"bit for bit with the reference scheduler: **{len(rows) - len(failed)}/{len(rows)} bit-exact** on "
+             f"{result['device']}. Fast mode (exact=False: the device's own cos/pow/exp/log/tanh, no tables) is "
+             "informational.",
+             "",
+             _report.markdown_table(VERIFY_HEADERS[:-1], [r[:-1] for r in _verify_table_rows(rows)],
+                                    align="<>>>>>>")]
+    if failed:
+        lines += ["", "## Failures", ""] + [f"- {r['schedule']}: {r['error'] or r['first_mismatch']}" for r in failed]
+    if result["skipped"]:
+        lines += ["", "Skipped (package not installed): " + ", ".join(result["skipped"])]
+    lines += ["", f"Data: `{base}.json`" + (f"; chart: `{base}.png`" if os.path.exists(stem + ".png") else "") + "."]
+    return "\n".join(lines)
+
+
+def _bucket_max(ulps: torch.Tensor, size: int) -> torch.Tensor:
+    """Max over consecutive buckets of `size` steps (a single differing step stays visible), as float64."""
+    pad = (-ulps.numel()) % size
+    ulps = torch.cat([ulps, ulps.new_zeros(pad)]) if pad else ulps
+    return ulps.view(-1, size).amax(1).clamp(max=2**53).double()
+
+
+def verify_chart(rows, path: str, title: str, cols: int = 5) -> None:
+    """One panel per reference, in a grid: its LR curves with ours drawn over them, and beneath, the
+    per-step ulp difference (max over param groups) of exact mode and of fast mode."""
+    plt = _report.pyplot()
+    from matplotlib.lines import Line2D
+
+    rows = [r for r in rows if "_curves" in r or r["error"]]
+    cols = max(1, min(cols, len(rows)))
+    nrows = math.ceil(len(rows) / cols)
+    fig = plt.figure(figsize=(3.6 * cols, 3.1 * nrows + 0.8), layout="constrained")
+    grid = fig.add_gridspec(nrows, cols)
+    for k, r in enumerate(rows):
+        cell = grid[k // cols, k % cols].subgridspec(2, 1, height_ratios=(3, 1.3), hspace=0.0)
+        ax_lr = fig.add_subplot(cell[0])
+        ax_ulp = fig.add_subplot(cell[1], sharex=ax_lr)
+        ok = not r["error"] and not r["mismatches"]
+        status = "ERROR" if r["error"] else ("bit-exact" if ok else
+                                             f"{r['mismatches']} LR{'s differ' if r['mismatches'] > 1 else ' differs'}")
+        ax_lr.set_title(f"{r['schedule']}\n{status}", fontsize=7.5, color="black" if ok else "crimson")
+        ax_lr.tick_params(labelsize=6, labelbottom=False)
+        ax_ulp.tick_params(labelsize=6)
+        if r["error"]:
+            ax_lr.text(0.5, 0.5, textwrap.fill(r["error"][:200], 45), ha="center", va="center", fontsize=6.5,
+                       color="crimson", transform=ax_lr.transAxes)
+            ax_lr.set_axis_off()
+            ax_ulp.set_axis_off()
+            continue
+        curves = r["_curves"]
+        n = curves["reference"].shape[1]
+        stride = max(1, n // 1000)  # ~1000 points a line: as many as the panel has pixels
+        steps = range(0, n, stride)
+        for g in range(curves["reference"].shape[0]):
+            color = f"C{g}"
+            ax_lr.plot(steps, curves["reference"][g, ::stride].numpy(), color=color, lw=3.2, alpha=0.3)
+            ax_lr.plot(steps, curves["ours"][g, ::stride].numpy(), color=color, lw=0.9, ls=(0, (4, 2)))
+        ax_lr.yaxis.get_offset_text().set_fontsize(6)
+        ax_lr.grid(alpha=0.25)
+        fast, exact = (_bucket_max(ulp_distance(curves["reference"], curves[k]).amax(0), stride)
+                       for k in ("fast", "ours"))
+        ax_ulp.plot(steps, fast.numpy(), color="0.6", lw=0.7)
+        ax_ulp.plot(steps, exact.numpy(), color="crimson" if exact.any() else "seagreen", lw=1.2)
+        ax_ulp.set_yscale("symlog", linthresh=1.0)
+        ax_ulp.set_ylim(-0.3, max(10.0, float(fast.max()) * 3, float(exact.max()) * 3))
+        ax_ulp.grid(alpha=0.25)
+        if k % cols == 0:
+            ax_lr.set_ylabel("lr", fontsize=7)
+            ax_ulp.set_ylabel("ulp", fontsize=7)
+        if k // cols == nrows - 1 or k + cols >= len(rows):
+            ax_ulp.set_xlabel("step", fontsize=7)
+    legend = [Line2D([], [], color="C0", lw=3.2, alpha=0.3), Line2D([], [], color="C0", lw=0.9, ls=(0, (4, 2))),
+              Line2D([], [], color="C1", lw=2), Line2D([], [], color="seagreen", lw=1.2),
+              Line2D([], [], color="0.6", lw=0.7)]
+    fig.legend(legend, ["reference scheduler (wide)", "warmup_fused (dashed, drawn over it)", "param group 2",
+                        "ulp difference, exact mode (0 = bit-exact)", "ulp difference, fast mode (exact=False)"],
+               loc="outside lower center", ncol=5 if cols >= 5 else 2, fontsize=8, frameon=False)
+    fig.suptitle(title, fontsize=11)
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
 
 
 # ------------------------------------------------------------------ plot
@@ -302,23 +363,6 @@ def cmd_plot(args) -> int:
     return 0
 
 
-# ------------------------------------------------------------------ shared
-def _progress(items, desc: str, disable: bool = False):
-    try:
-        from tqdm import tqdm
-    except ImportError:
-        return items
-    return tqdm(items, desc=desc, disable=True if disable else None, leave=False, file=sys.stderr)
-
-
-def _write_json(path: str, obj) -> None:
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with open(path, "w") as f:
-        json.dump(obj, f, indent=2, default=str)
-        f.write("\n")
-    print(f"wrote {path}")
-
-
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m warmup_fused",
@@ -347,7 +391,7 @@ def build_parser() -> argparse.ArgumentParser:
                "    def factory(optimizer) -> torch.optim.lr_scheduler.LRScheduler\n"
                "or  def factory(optimizer, total_steps) -> LRScheduler\n"
                "returns a fresh, un-stepped scheduler for the given optimizer (an SGD with two param groups,\n"
-               f"base LRs 1e-3 and 3e-4). The module must be importable (PYTHONPATH).")
+               "base LRs 1e-3 and 3e-4). The module must be importable (PYTHONPATH).")
     s.add_argument("--steps", type=_positive_int, default=10000, help="steps compared (default 10000)")
     s.add_argument("--device", default=None, help="device for lr_at (default: cuda if available, else cpu)")
     s.add_argument("--scheduler", action="append", metavar="MODULE:FACTORY",
@@ -356,7 +400,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="only registry entries whose name contains SUBSTRING (repeatable)")
     s.add_argument("--no-registry", action="store_true", help="skip the built-in registry")
     s.add_argument("--list", action="store_true", help="list the registry and exit")
-    s.add_argument("--json", metavar="PATH", help="also write the results as JSON")
+    s.add_argument("--json", metavar="PATH", help="also write the results as JSON to PATH")
+    _report.add_output_args(s, "verify-<device>-<date>.json/.md/.png")
+    s.add_argument("--chart", action="store_true",
+                   help="also draw each reference's LR curve with ours over it and the per-step ulp difference")
     s.add_argument("--quiet", action="store_true", help="no progress bar")
     s.set_defaults(func=cmd_verify)
 
@@ -369,7 +416,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--schedule", action="append", metavar="SCHEDULE", help="schedule to draw (repeatable)")
     s.add_argument("--steps", type=_positive_int, default=1000, help="steps drawn (default 1000)")
     s.add_argument("--device", default=None, help="device for lr_at (default cpu)")
-    s.add_argument("--out", default="schedules.png", help="PNG path (default schedules.png)")
+    s.add_argument("--out", default=os.path.join(_report.LOCAL_DIR, "schedules.png"),
+                   help=f"PNG path (default {_report.LOCAL_DIR}/schedules.png)")
     s.add_argument("--dpi", type=int, default=110)
     s.set_defaults(func=cmd_plot)
 
