@@ -131,7 +131,9 @@ std::string layout() {
       << ";dampening=" << kDampening << ";sgd_weight_decay=" << kSgdWeightDecay << ";nesterov=" << kNesterov
       << ";sgd_maximize=" << kSgdMaximize << ";sgd_cols=" << kSgdCols << ";lr_from_schedule=" << kLrFromSchedule
       << ";lr_from_host=" << kLrFromHost << ";lr_from_tensor=" << kLrFromTensor << ";scratch_lr=" << kScratchLr
-      << ";scratch_fixed=" << scratch_words(0) << ";max_lr_tensors=" << kMaxLrTensors;
+      << ";scratch_fixed=" << scratch_words(0) << ";max_lr_tensors=" << kMaxLrTensors
+      << ";plateau_header=" << kPlHeader
+      << ";plateau_group_words=" << kPlGroupWords;
   return out.str();
 }
 
@@ -144,6 +146,9 @@ TORCH_LIBRARY(warmup_fused, m) {
   m.def("validate_program(Tensor ints, Tensor vals) -> ()");
   // "cuda=0|1;arch=<TORCH_CUDA_ARCH_LIST>" as built.
   m.def("build_info() -> str", [] { return std::string(WARMUP_FUSED_BUILD_INFO); });
+  // ReduceLROnPlateau.step(metric) on the plateau block at vals[offset] (schedule.h), in place; metric: one float32
+  // or float64 element on vals' device (read there: no host sync).
+  m.def("plateau_observe(Tensor(a!) vals, int offset, Tensor metric) -> ()");
   // Layout constants shared with Python (multi_tensor.h), "name=value;...".
   m.def("layout() -> str", [] { return warmup_fused::layout(); });
   // --- optimizer ops (multi_tensor.h, optim_math.h) ---

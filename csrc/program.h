@@ -73,6 +73,17 @@ inline void check_scalar(const at::Tensor& t, at::ScalarType dtype, const c10::D
                    " elements on ", t.device());
 }
 
+// plateau_observe's arguments: a plateau block inside vals, a one-element float32/float64 metric on vals' device.
+inline void check_plateau(const at::Tensor& vals, int64_t offset, const at::Tensor& metric) {
+  TORCH_CHECK_TYPE(vals.scalar_type() == at::kDouble && vals.dim() == 1 && vals.is_contiguous(),
+                   "vals must be a contiguous 1-D float64 tensor");
+  TORCH_CHECK_VALUE(offset >= 0 && offset + kPlHeader <= vals.numel(), "offset ", offset,
+                    " leaves no room for a plateau block in ", vals.numel(), " values");
+  TORCH_CHECK_TYPE((metric.scalar_type() == at::kFloat || metric.scalar_type() == at::kDouble) &&
+                       metric.numel() == 1 && metric.device() == vals.device(),
+                   "metric must be a float32 or float64 tensor with one element on ", vals.device());
+}
+
 // The per-device buffers every step hands to the kernels (see multi_tensor.h for their layout).
 void check_step_buffers(const at::Tensor& sched_step, const at::Tensor& scratch, const at::Tensor& ints,
                         const at::Tensor& vals, const at::Tensor& hparams, int64_t cols,

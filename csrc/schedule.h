@@ -194,4 +194,50 @@ WF_HOST_DEVICE double schedule_lr(const int64_t* ints, const double* vals, int64
   return sp == 1 ? stack[0] : NAN;
 }
 
+// ReduceLROnPlateau on the device. A schedule with a plateau phase keeps the scheduler's state in a block of its
+// vals (a phase reads its group's LR there with kConst), and plateau_observe updates that block in place from a
+// metric: torch's ReduceLROnPlateau.step(metrics) operation for operation (is_better, cooldown, reduce_lr), in
+// double, so the LRs equal torch's bit for bit. Block layout (float64 words):
+enum PlateauWord : int {
+  kPlMax = 0,          // mode: 0 "min", 1 "max"
+  kPlAbs,              // threshold_mode: 0 "rel", 1 "abs"
+  kPlThreshold, kPlPatience, kPlCooldown, kPlEps, kPlFactor,
+  kPlBest, kPlBadEpochs, kPlCooldownCounter, kPlLastEpoch,  // the scheduler's state
+  kPlGroups,           // G; then per group g, kPlGroupWords words: its LR, its min_lr, and 1 where the LR is held in a
+  kPlHeader            // float32 tensor (torch rounds each new LR to float32 there)
+};
+constexpr int64_t kPlGroupWords = 3;
+
+// `words`: the block's room in vals (from its start), which bounds the group count read from the block.
+WF_HOST_DEVICE void plateau_observe(double* b, int64_t words, double current) {
+  b[kPlLastEpoch] = add_rn(b[kPlLastEpoch], 1.0);
+  const double best = b[kPlBest], threshold = b[kPlThreshold];
+  bool better;
+  if (b[kPlMax] == 0.0)
+    better = b[kPlAbs] == 0.0 ? current < mul_rn(best, sub_rn(1.0, threshold)) : current < sub_rn(best, threshold);
+  else
+    better = b[kPlAbs] == 0.0 ? current > mul_rn(best, add_rn(threshold, 1.0)) : current > add_rn(best, threshold);
+  if (better) {
+    b[kPlBest] = current;
+    b[kPlBadEpochs] = 0.0;
+  } else {
+    b[kPlBadEpochs] = add_rn(b[kPlBadEpochs], 1.0);
+  }
+  if (b[kPlCooldownCounter] > 0.0) {  // in cooldown: bad epochs are ignored
+    b[kPlCooldownCounter] = sub_rn(b[kPlCooldownCounter], 1.0);
+    b[kPlBadEpochs] = 0.0;
+  }
+  if (b[kPlBadEpochs] > b[kPlPatience]) {
+    const double groups = b[kPlGroups], room = double((words - kPlHeader) / kPlGroupWords);
+    for (int64_t g = 0; g < int64_t(groups < room ? groups : room); ++g) {
+      double* group = b + kPlHeader + kPlGroupWords * g;
+      const double reduced = mul_rn(group[0], b[kPlFactor]);
+      const double next = group[1] > reduced ? group[1] : reduced;  // Python max(lr * factor, min_lr)
+      if (sub_rn(group[0], next) > b[kPlEps]) group[0] = group[2] != 0.0 ? round_f32(next) : next;
+    }
+    b[kPlCooldownCounter] = b[kPlCooldown];
+    b[kPlBadEpochs] = 0.0;
+  }
+}
+
 }  // namespace warmup_fused

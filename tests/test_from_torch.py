@@ -420,12 +420,13 @@ def test_gradual_warmup_with_after_scheduler(name, groups, device):
 
 
 # --------------------------------------------------------------------------- errors
-def test_reduce_on_plateau_is_refused():
+def test_reduce_on_plateau_becomes_the_device_plateau_schedule():
+    """Metric-driven: converted to schedules.reduce_on_plateau (tests/test_plateau.py follows it against torch),
+    starting from the scheduler's current LRs."""
     sched = lrs.ReduceLROnPlateau(make_opt(LRS[1]))
-    with pytest.raises(TypeError, match="scheduler"):
-        from_torch(sched)
-    with pytest.raises(TypeError, match="scheduler"):
-        from_torch(sched, horizon=100)
+    s = from_torch(sched)
+    assert s.plateau_offset is not None and not s.relative
+    assert s.lr_at(range(3)).tolist() == [[lr] * 3 for lr in LRS[1]]
 
 
 @pytest.mark.parametrize("bad,at", [(math.nan, 37), (math.inf, 5), (-math.inf, 1)])

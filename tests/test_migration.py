@@ -206,10 +206,16 @@ def test_torch_scheduler_on_our_optimizer(request, route, sched_name, name):
         assert [s.lr_mode for s in tw.ours._sources] == [SCHEDULE, SCHEDULE]
 
 
-def test_from_torch_refuses_reduce_lr_on_plateau():
+def test_reduce_lr_on_plateau_converts_to_the_device_plateau():
+    """The scheduler on our optimizer, converted: observe(metric) then follows it (tests/test_plateau.py)."""
     opt = warmup_fused.SGD([torch.zeros(3, requires_grad=True)], lr=0.1)
-    with pytest.raises(TypeError, match="ReduceLROnPlateau"):
-        from_torch(lrs.ReduceLROnPlateau(opt))
+    sched = lrs.ReduceLROnPlateau(opt, patience=0)
+    opt.set_schedule(from_torch(sched))
+    for m in (3.0, 3.0, 2.0, 2.0):
+        opt.observe(m)  # first: then the scheduler's write repeats the LR the device already holds
+        sched.step(m)
+        assert opt._sources[0].lr_mode == warmup_fused._ops.LAYOUT["lr_from_schedule"]
+    assert opt.param_groups[0]["lr"] == 0.1 * 0.1 * 0.1
 
 
 # ------------------------------------------------------------------------------------ manual edits, checkpoints

@@ -285,9 +285,18 @@ def test_transformers_suite(name, opt_name):
     run(opt_name, (fn, kw), 10, closed=not (name == "polynomial" and opt_name == "adamw-10-f64"))
 
 
-def test_reduce_on_plateau_configurations_are_refused():
-    opt = OPTIMIZERS[S]()
+def test_reduce_on_plateau_configurations_follow_torch():
+    """torch's own ReduceLROnPlateau configurations, converted and fed the same metrics as torch's scheduler."""
+    import warmup_fused
+
     for kw in (dict(threshold_mode="abs", mode="min", threshold=0.01, patience=5, cooldown=5),
                dict(mode="max", threshold_mode="rel", min_lr=[0.4, 0.3], threshold=0.1, patience=5, cooldown=5)):
-        with pytest.raises(TypeError, match="ReduceLROnPlateau"):
-            from_torch(lrs.ReduceLROnPlateau(opt, **kw), horizon=20)
+        opt = OPTIMIZERS[S]()
+        sched = lrs.ReduceLROnPlateau(opt, **kw)
+        ours = warmup_fused.SGD([{"params": [torch.zeros(1)]} for _ in opt.param_groups], lr=1.0,
+                                schedule=from_torch(sched))
+        for t in range(40):
+            metric = [10, 9, 9, 9, 9, 9, 9, 12, 12, 3, 3, 3, 3, 3, 3, 3, 3, 20, 1, 1][t % 20] * (1 + t // 20)
+            sched.step(metric)
+            ours.observe(float(metric))
+            assert [g["lr"] for g in ours.param_groups] == [g["lr"] for g in opt.param_groups], (kw, t)

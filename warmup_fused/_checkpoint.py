@@ -57,6 +57,7 @@ def _initialised(opt) -> dict:
 
 
 def state_dict(opt) -> dict[str, Any]:
+    opt._sync_plateau()
     sd = torch.optim.Optimizer.state_dict(opt)
     for packed in sd["param_groups"]:  # ours is torch's fused arithmetic: torch resumes on its fused kernels
         packed["fused"], packed["foreach"] = True, None
@@ -297,6 +298,7 @@ def _apply(opt, saved_groups, states, extra, step, schedule) -> None:
 
 # ------------------------------------------------------------------------------------------- pickle, deepcopy
 def getstate(opt) -> dict[str, Any]:
+    opt._sync_plateau()
     params = [p for g in opt.param_groups for p in g["params"]]
     return {
         "defaults": opt.defaults,

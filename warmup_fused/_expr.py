@@ -41,6 +41,7 @@ class Op(enum.IntEnum):  # must match enum Op in csrc/schedule.h
 TRANSCENDENTAL = frozenset({Op.COS, Op.POW, Op.EXP, Op.LOG, Op.TANH})
 _STEP_LEAVES = frozenset({Op.STEP, Op.LOCAL})
 _BASE = -1  # placeholder leaf, replaced by a group's base LR constant at compile time
+_PLATEAU = -2  # leaf: the group's LR held in the schedule's ReduceLROnPlateau block (value: its settings)
 
 Operand = Union["Expr", float, int]
 
@@ -82,21 +83,25 @@ class Expr:
             return 1
         return max(a.depth() + i for i, a in enumerate(self.args))
 
-    def emit(self, base_lr: float | None, code: list, vals: list, anchors) -> None:
+    def emit(self, base_lr: float | None, code: list, vals: list, blocks) -> None:
         """Appends postfix code words to ``code`` and constants to ``vals``.
 
-        ``base_lr`` replaces BASE (None: BASE is refused). ``anchors(x, factor)`` returns the index in ``vals``
-        of the anchor block of ``repeat_mul(x, factor, ...)``, whose x and factor are step-free.
+        ``base_lr`` replaces BASE (None: BASE is refused). ``blocks.anchors(x, factor)`` returns the index in
+        ``vals`` of the anchor block of ``repeat_mul(x, factor, ...)``, whose x and factor are step-free;
+        ``blocks.plateau(settings)`` the index of the group's LR in the schedule's plateau block.
         """
         if self.op == Op.REPEAT_MUL:
             x, factor, times = self.args
-            times.emit(base_lr, code, vals, anchors)
-            code.append(int(Op.REPEAT_MUL) | (anchors(x, factor) << 8))
+            times.emit(base_lr, code, vals, blocks)
+            code.append(int(Op.REPEAT_MUL) | (blocks.anchors(x, factor) << 8))
+            return
+        if self.op == _PLATEAU:
+            code.append(int(Op.CONST) | (blocks.plateau(self.value) << 8))
             return
         if self.op in (Op.DIV, Op.FLOORDIV, Op.MOD) and self.args[1].op == Op.CONST and self.args[1].value == 0.0:
             raise ValueError(f"{self!r} divides by the constant 0.0 (Python raises ZeroDivisionError)")
         for a in self.args:
-            a.emit(base_lr, code, vals, anchors)
+            a.emit(base_lr, code, vals, blocks)
         if self.op == _BASE and base_lr is None:
             raise ValueError("BASE has no value here (momentum phases hold absolute values)")
         if self.op in (Op.CONST, _BASE):
@@ -106,7 +111,7 @@ class Expr:
             code.append(int(self.op))
 
     def __repr__(self) -> str:
-        names = {Op.STEP: "STEP", Op.LOCAL: "LOCAL", _BASE: "BASE"}
+        names = {Op.STEP: "STEP", Op.LOCAL: "LOCAL", _BASE: "BASE", _PLATEAU: "PLATEAU_LR"}
         if self.op in names:
             return names[self.op]
         if self.op == Op.CONST:

@@ -245,6 +245,10 @@ class _FusedOptimizer(torch.optim.Optimizer):
         """Binds `schedule` to the groups (all, or the new `only_group`) and installs its program everywhere.
         Everything is checked before anything changes."""
         bound = self._bind(schedule)
+        if bound.plateau_offset is not None:  # its state is this optimizer's own: a private program
+            bound = Schedule.from_state_dict(bound.state_dict())
+            if only_group is not None and self._bound is not None and self._bound.plateau_offset is not None:
+                self._carry_plateau(bound)  # a new group must not reset the others' plateau state
         ints, vals = bound.program("cpu")
         for b in self._devices.values():
             b.check_program_room(ints, vals)
@@ -288,6 +292,57 @@ class _FusedOptimizer(torch.optim.Optimizer):
         if schedule.num_groups == n:
             return schedule
         return schedule.with_base_lrs([schedule.base_lrs[0]] * n)
+
+    # --------------------------------------------------------------------------------------------- plateau
+    def observe(self, metric) -> None:
+        """``ReduceLROnPlateau.step(metric)`` for a schedule with a ``reduce_on_plateau`` phase, on every device
+        in place: ``metric`` (a one-element tensor, ideally already on the device, or a number) is read on the
+        device, so there is no host sync and the call can be captured in a CUDA graph. param_groups show the
+        reduced LR at once when the metric is a number or a CPU tensor; for a device metric they catch up at the
+        next ``state_dict()``."""
+        offset = self._bound.plateau_offset
+        if offset is None:
+            raise ValueError("observe: the optimizer's schedule has no reduce_on_plateau phase")
+        if isinstance(metric, torch.Tensor):
+            if metric.numel() != 1 or not metric.is_floating_point():
+                raise ValueError(f"metric must be a one-element floating tensor, got {metric.dtype} with "
+                                 f"{metric.numel()} elements")
+            metric = metric.detach().reshape(())
+        elif isinstance(metric, bool) or not isinstance(metric, (int, float)):
+            raise TypeError(f"metric must be a number or a one-element tensor, got {type(metric).__name__}")
+        else:
+            metric = torch.tensor(float(metric), dtype=torch.float64)
+        for b in self._devices.values():
+            value = metric if metric.dtype in (torch.float32, torch.float64) else metric.double()
+            torch.ops.warmup_fused.plateau_observe(b.vals, offset, value.to(b.device, non_blocking=True))
+        capturing = any(b.capturing() for b in self._devices.values())
+        if metric.device.type == "cpu" and not capturing:  # the host mirror, for param_groups' display
+            value = metric if metric.dtype in (torch.float32, torch.float64) else metric.double()
+            torch.ops.warmup_fused.plateau_observe(self._bound.program("cpu")[1], offset, value)
+            self._lr_ahead = (0, None, None)
+            self._show(self._host_step)
+
+    def _sync_plateau(self) -> None:
+        """Copies the device's plateau state into the host program (state_dict, pickling: not steady state)."""
+        offset = self._bound.plateau_offset
+        if offset is None or not self._devices:
+            return
+        b = next(iter(self._devices.values()))
+        host = self._bound.program("cpu")[1]
+        words = int(host[offset + LAYOUT["plateau_header"] - 1]) * LAYOUT["plateau_group_words"] + \
+            LAYOUT["plateau_header"]
+        host[offset: offset + words].copy_(b.vals[offset: offset + words])
+        self._lr_ahead = (0, None, None)
+
+    def _carry_plateau(self, bound: Schedule) -> None:
+        """Copies the plateau state and the existing groups' LRs into `bound` (one more group)."""
+        self._sync_plateau()
+        old = self._bound.program("cpu")[1]
+        new = bound.program("cpu")[1]
+        o, n, header = self._bound.plateau_offset, bound.plateau_offset, LAYOUT["plateau_header"]
+        words = int(old[o + header - 1]) * LAYOUT["plateau_group_words"]
+        new[n: n + header - 1].copy_(old[o: o + header - 1])
+        new[n + header: n + header + words].copy_(old[o + header: o + header + words])
 
     @property
     def schedule(self) -> Schedule:

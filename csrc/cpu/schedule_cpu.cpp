@@ -26,10 +26,18 @@ at::Tensor lr_at_cpu(const at::Tensor& ints, const at::Tensor& vals, const at::T
   return out;
 }
 
+void plateau_observe_cpu(const at::Tensor& vals, int64_t offset, const at::Tensor& metric) {
+  check_plateau(vals, offset, metric);
+  const double current = metric.scalar_type() == at::kDouble ? *metric.data_ptr<double>()
+                                                              : double(*metric.data_ptr<float>());
+  plateau_observe(vals.data_ptr<double>() + offset, vals.numel() - offset, current);
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(warmup_fused, CPU, m) {
   m.impl("lr_at", &lr_at_cpu);
+  m.impl("plateau_observe", &plateau_observe_cpu);
 }
 
 }  // namespace warmup_fused

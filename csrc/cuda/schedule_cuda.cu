@@ -35,10 +35,26 @@ at::Tensor lr_at_cuda(const at::Tensor& ints, const at::Tensor& vals, const at::
   return out;
 }
 
+__global__ void plateau_kernel(double* block, int64_t words, const void* metric, bool is_double) {
+  const double current = is_double ? *static_cast<const double*>(metric) : double(*static_cast<const float*>(metric));
+  plateau_observe(block, words, current);
+}
+
+// One thread: the metric is read on the device, so observing a metric costs no host sync (and can be captured).
+void plateau_observe_cuda(const at::Tensor& vals, int64_t offset, const at::Tensor& metric) {
+  check_plateau(vals, offset, metric);
+  const c10::cuda::CUDAGuard guard(vals.device());
+  plateau_kernel<<<1, 1, 0, c10::cuda::getCurrentCUDAStream()>>>(vals.data_ptr<double>() + offset,
+                                                                  vals.numel() - offset, metric.data_ptr(),
+                                                                  metric.scalar_type() == at::kDouble);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(warmup_fused, CUDA, m) {
   m.impl("lr_at", &lr_at_cuda);
+  m.impl("plateau_observe", &plateau_observe_cuda);
 }
 
 }  // namespace warmup_fused

@@ -10,7 +10,8 @@ from .convert_keras import from_keras
 from .convert_optax import from_optax
 from .native import *  # noqa: F401,F403
 from .native import __all__ as _native_all
+from .plateau import reduce_on_plateau
 from .scaling import linear_scaling
 
-__all__ = ["Schedule", "Recorded", "from_torch", "from_keras", "from_optax", "linear_scaling", "MAX_STEP",
-           *_native_all]
+__all__ = ["Schedule", "Recorded", "from_torch", "from_keras", "from_optax", "linear_scaling", "reduce_on_plateau",
+           "MAX_STEP", *_native_all]

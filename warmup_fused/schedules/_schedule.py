@@ -308,6 +308,8 @@ class Schedule:
         }
         if self.horizon is not None:
             out["horizon"] = self.horizon
+        if self.plateau_offset is not None:
+            out["plateau_offset"] = self.plateau_offset
         return out
 
     @classmethod
@@ -318,7 +320,7 @@ class Schedule:
         fields = {"format": str, "version": int, "name": str, "relative": bool, "base_lrs": list,
                   "has_momentum": bool, "steps_per_epoch": int, "exact": bool, "ints": list, "vals": list}
         missing = sorted(set(fields) - set(state))
-        unknown = sorted(set(state) - set(fields) - {"horizon"})
+        unknown = sorted(set(state) - set(fields) - {"horizon", "plateau_offset"})
         if missing or unknown:
             raise ValueError(f"state: missing keys {missing}, unknown keys {unknown}")
         for key, kind in fields.items():
@@ -358,6 +360,10 @@ class Schedule:
         self.base_lrs, self.steps_per_epoch, self.horizon = base_lrs, state["steps_per_epoch"], horizon
         self.exact, self.name = state["exact"], state["name"]
         self._relative, self._has_momentum = state["relative"], state["has_momentum"]
+        plateau = state.get("plateau_offset")
+        if plateau is not None and (type(plateau) is not int or not 0 <= plateau < len(state["vals"])):
+            raise ValueError(f"state['plateau_offset'] must be an index into state['vals'], got {plateau!r}")
+        self.plateau_offset = plateau
         self._program = (ints, vals)
         self._finish()
         return self
@@ -374,7 +380,7 @@ class Schedule:
         if self._momentum is not None:
             channels += [(self._momentum[g], None, g) for g in range(self.num_groups)]
         try:
-            ints, vals, tabled = _assemble(channels, self.steps_per_epoch)
+            ints, vals, tabled, self.plateau_offset = _assemble(channels, self.steps_per_epoch)
         except ValueError as exc:
             raise type(exc)(f"{self.name}: {exc}") from None
         if self.exact and tabled:
@@ -423,12 +429,10 @@ def _assemble(channels, steps_per_epoch: int):
     phase_start = _HEADER + _GROUP * groups
     code_start = phase_start + _PHASE * n_phases
     header, phase_words, code_words, vals, tabled = [groups], [], [], [], []
-    blocks: dict = {}  # repeat_mul anchor blocks, shared by equal (x, factor)
+    blocks = _Blocks(vals, [base for _, base, _ in channels])
     for row, (phases, base, recorded_row) in enumerate(channels):
         header += [phase_start + len(phase_words), len(phases), steps_per_epoch]
-
-        def anchors(x: Expr, factor: Expr, base=base) -> int:
-            return _anchor_index(x, factor, base, vals, blocks)
+        blocks.row, blocks.base = row, base
 
         for p, (begin, body) in enumerate(phases):
             code, table = [], (0, 0)
@@ -439,14 +443,39 @@ def _assemble(channels, steps_per_epoch: int):
                 # Past its end a recorded phase holds its last value.
                 code.append(int(Op.CONST) | ((len(vals) - 1) << 8))
             else:
-                body.emit(base, code, vals, anchors)
+                body.emit(base, code, vals, blocks)
                 if body.transcendental:
                     end = phases[p + 1][0] if p + 1 < len(phases) else None
                     tabled.append((row, phase_start + len(phase_words), begin, end))
             phase_words += [begin, code_start + len(code_words), len(code), *table]
             code_words += code
     ints = torch.tensor(header + phase_words + code_words, dtype=torch.int64)
-    return ints, torch.tensor(vals if vals else [0.0], dtype=torch.float64), tabled
+    return ints, torch.tensor(vals if vals else [0.0], dtype=torch.float64), tabled, blocks.plateau_offset
+
+
+class _Blocks:
+    """Value blocks that a program's phases share, appended to vals as phases ask for them: repeat_mul anchors
+    (one per equal (x, factor, base)) and the ReduceLROnPlateau state (one per schedule, a slot per group)."""
+
+    def __init__(self, vals: list, bases: list):
+        self.vals, self.bases, self.repeat, self.plateau_offset = vals, bases, {}, None
+        self.row, self.base = 0, None
+
+    def anchors(self, x: Expr, factor: Expr) -> int:
+        return _anchor_index(x, factor, self.base, self.vals, self.repeat)
+
+    def plateau(self, settings) -> int:
+        groups = sum(b is not None for b in self.bases)  # the LR rows (momentum rows have no base)
+        if self.base is None:
+            raise ValueError("a ReduceLROnPlateau phase drives the LR, not momentum")
+        if self.plateau_offset is None:
+            self.plateau_offset = len(self.vals)
+            self.vals.extend(settings.block(self.bases[:groups]))
+        elif self.vals[self.plateau_offset: self.plateau_offset + 11] != settings.block(self.bases[:groups])[:11]:
+            raise ValueError("a schedule holds one ReduceLROnPlateau: its phases must share the settings")
+        from .._ops import LAYOUT
+
+        return self.plateau_offset + LAYOUT["plateau_header"] + LAYOUT["plateau_group_words"] * self.row
 
 
 def _constant_value(e: Expr, base: float | None) -> float:
@@ -457,7 +486,7 @@ def _constant_value(e: Expr, base: float | None) -> float:
         return base
     from .. import _ops
 
-    ints, vals, _ = _assemble([([(0, e)], base, 0)], 1)
+    ints, vals, _, _ = _assemble([([(0, e)], base, 0)], 1)
     return float(_ops.lr_at(ints, vals, torch.zeros(1, dtype=torch.int64), 1)[0, 0])
 
 

@@ -11,7 +11,8 @@ Three routes, in order:
 3. Anything else (recursive schedulers, unknown lambdas, chains) is recorded over ``horizon`` steps,
    holding the last value past it; without ``horizon`` it is refused: we never approximate silently.
 Recorded schedulers that cycle momentum (OneCycleLR, CyclicLR) also record it, into the schedule's momentum
-channel. ReduceLROnPlateau (alone or inside another scheduler) is refused: it follows a metric, not the step.
+channel. ReduceLROnPlateau becomes the device plateau schedule (``schedules.reduce_on_plateau``, driven by
+``optimizer.observe(metric)``); inside another scheduler it is refused.
 """
 from __future__ import annotations
 
@@ -311,6 +312,18 @@ def _base_lrs(sched) -> list[float]:
                                                           for g in sched.optimizer.param_groups])]
 
 
+def _plateau(sched: lrs.ReduceLROnPlateau) -> Schedule:
+    """A ReduceLROnPlateau, with its current state and each group's current LR, as the device plateau schedule."""
+    from .plateau import reduce_on_plateau
+
+    groups = sched.optimizer.param_groups
+    f32 = [isinstance(g["lr"], torch.Tensor) and g["lr"].dtype == torch.float32 for g in groups]
+    return reduce_on_plateau(sched.mode, sched.factor, sched.patience, sched.threshold, sched.threshold_mode,
+                             sched.cooldown, list(sched.min_lrs), sched.eps, base_lr=[float(g["lr"]) for g in groups],
+                             best=sched.best, num_bad_epochs=sched.num_bad_epochs,
+                             cooldown_counter=sched.cooldown_counter, last_epoch=sched.last_epoch, float32_lrs=f32)
+
+
 def from_torch(scheduler, *, horizon: int | None = None, exact: bool = True,
                steps_per_epoch: int | None = None) -> Schedule:
     """A Schedule equal, bit for bit, to ``scheduler``'s ``param_group['lr']`` at every step.
@@ -338,11 +351,13 @@ def from_torch(scheduler, *, horizon: int | None = None, exact: bool = True,
     if not isinstance(scheduler, (lrs.LRScheduler, lrs.ReduceLROnPlateau)):
         raise TypeError(f"scheduler must be a torch.optim.lr_scheduler.LRScheduler, got "
                         f"{type(scheduler).__name__}")
+    if isinstance(scheduler, lrs.ReduceLROnPlateau):  # metric-driven: the device plateau schedule, its state kept
+        return _plateau(scheduler)
     for s in _tree(scheduler):
         if isinstance(s, lrs.ReduceLROnPlateau):  # an LRScheduler subclass in recent torch
-            where = "" if s is scheduler else f"{type(scheduler).__name__} drives a ReduceLROnPlateau: "
-            raise TypeError(f"scheduler: {where}ReduceLROnPlateau changes the LR from a metric (step(metrics)), "
-                            "not from the step count, so it cannot be computed on the device")
+            raise TypeError(f"scheduler: {type(scheduler).__name__} drives a ReduceLROnPlateau, which changes the LR "
+                            "from a metric (step(metrics)), not from the step count; convert the ReduceLROnPlateau "
+                            "alone (schedules.reduce_on_plateau, composable with schedules.sequential)")
     name = type(scheduler).__name__
     base_lrs = _base_lrs(scheduler)
 
