@@ -207,15 +207,17 @@ def test_torch_scheduler_on_our_optimizer(request, route, sched_name, name):
 
 
 def test_reduce_lr_on_plateau_converts_to_the_device_plateau():
-    """The scheduler on our optimizer, converted: observe(metric) then follows it (tests/test_plateau.py)."""
+    """The scheduler on our optimizer, converted: opt.observe(metric) replaces sched.step(metric) (torch's plateau
+    reduces the LR it reads from param_groups, so it must not step on top of the device plateau)."""
     opt = warmup_fused.SGD([torch.zeros(3, requires_grad=True)], lr=0.1)
-    sched = lrs.ReduceLROnPlateau(opt, patience=0)
-    opt.set_schedule(from_torch(sched))
+    opt.set_schedule(from_torch(lrs.ReduceLROnPlateau(opt, patience=0)))
+    ref = torch.optim.SGD([torch.zeros(3, requires_grad=True)], lr=0.1)
+    ref_sched = lrs.ReduceLROnPlateau(ref, patience=0)
     for m in (3.0, 3.0, 2.0, 2.0):
-        opt.observe(m)  # first: then the scheduler's write repeats the LR the device already holds
-        sched.step(m)
-        assert opt._sources[0].lr_mode == warmup_fused._ops.LAYOUT["lr_from_schedule"]
-    assert opt.param_groups[0]["lr"] == 0.1 * 0.1 * 0.1
+        opt.observe(m)
+        ref_sched.step(m)
+        assert opt.param_groups[0]["lr"] == ref.param_groups[0]["lr"]
+    assert opt._sources[0].lr_mode == warmup_fused._ops.LAYOUT["lr_from_schedule"]
 
 
 # ------------------------------------------------------------------------------------ manual edits, checkpoints
