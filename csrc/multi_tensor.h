@@ -277,11 +277,14 @@ WF_HOST_DEVICE uint32_t random_bits(uint64_t seed, uint64_t tensor, uint64_t ste
 // of x's float32 pattern are the position between the two neighbours; adding 16 random bits carries into the kept
 // half with exactly that probability. inf and NaN round to nearest (unchanged).
 WF_HOST_DEVICE c10::BFloat16 round_stochastic(float x, uint32_t r) {
+#if defined(__CUDA_ARCH__)
+  uint32_t bits = __float_as_uint(x);
+#else
   uint32_t bits;
-  memcpy(&bits, &x, 4);
-  if ((bits & 0x7f800000u) != 0x7f800000u) bits = (bits + (r & 0xffffu)) & 0xffff0000u;
-  else return c10::BFloat16(x);
-  return c10::BFloat16(uint16_t(bits >> 16), c10::BFloat16::from_bits());
+  std::memcpy(&bits, &x, 4);
+#endif
+  if ((bits & 0x7f800000u) == 0x7f800000u) return c10::BFloat16(x);
+  return c10::BFloat16(uint16_t((bits + (r & 0xffffu)) >> 16), c10::BFloat16::from_bits());
 }
 
 // What the optimizer step sees of one launch's tensor: its record and the features it uses.

@@ -46,17 +46,18 @@ def _functions(flag: str) -> dict[str, str]:
 
 
 def _kernels(functions: dict, kind: str) -> dict:
+    """{(dtype, "adam"|"sgd", with float32 master): text} of one kernel template's instantiations."""
     found = {}
     for name, text in functions.items():
-        m = re.search(rf"\d+{kind}I(f|d|N3c104HalfE|N3c108BFloat16E)Lb([01])E", name)
+        m = re.search(rf"\d+{kind}I(f|d|N3c104HalfE|N3c108BFloat16E)Lb([01])E(?:Lb([01])E)?", name)
         if m:
-            found[(DTYPES[m.group(1)], "adam" if m.group(2) == "1" else "sgd")] = text
+            found[(DTYPES[m.group(1)], "adam" if m.group(2) == "1" else "sgd", m.group(3) == "1")] = text
     return found
 
 
 def test_update_kernels_use_128_bit_global_accesses():
     kernels = _kernels(_functions("-sass"), "update_kernel")
-    assert len(kernels) == 8, sorted(kernels)  # 4 dtypes x Adam/SGD
+    assert len(kernels) == 12, sorted(kernels)  # 4 dtypes x Adam/SGD, and bf16/fp16 with float32 masters
     for key, sass in kernels.items():
         ops = re.findall(r"\b((?:LDG|STG|LD|ST|LDL|STL)(?:\.[A-Z0-9]+)*)\b", sass)
         assert "LDG.E.128" in ops and "STG.E.128" in ops, (key, sorted(set(ops)))
@@ -67,9 +68,9 @@ def test_update_kernels_use_128_bit_global_accesses():
 
 def test_no_spills_in_update_and_records_kernels():
     usage = _functions("-res-usage")
-    for kind in ("update_kernel", "records_kernel"):
+    for kind, count in (("update_kernel", 12), ("records_kernel", 8)):
         kernels = _kernels(usage, kind)
-        assert len(kernels) == 8, (kind, sorted(kernels))
+        assert len(kernels) == count, (kind, sorted(kernels))
         for key, text in kernels.items():
             stack = int(re.search(r"STACK:(\d+)", text).group(1))
             local = int(re.search(r"LOCAL:(\d+)", text).group(1))

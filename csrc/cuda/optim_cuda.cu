@@ -23,8 +23,11 @@ __global__ void __launch_bounds__(kSmallThreads) records_kernel(const __grid_con
   records_thread<S, kAdam>(a, int(threadIdx.x), int(blockDim.x));
 }
 
+// Up to 128 registers a thread (one block of 512 per SM at most): the bf16 units with float32 states and stochastic
+// rounding need more than 64, and at 64 ptxas spilled. 512 threads x 64-80 bytes of loads in flight each still keep
+// ~40 KB in flight per SM (Little's law wants ~20 KB at HBM3 bandwidth and latency).
 template <class S, bool kAdam, bool kMaster>
-__global__ void __launch_bounds__(kThreads) update_kernel(const __grid_constant__ LaunchParams a) {
+__global__ void __launch_bounds__(kThreads, 1) update_kernel(const __grid_constant__ LaunchParams a) {
   update_thread<S, kAdam, kMaster>(a, int64_t(blockIdx.x), int(threadIdx.x), int(blockDim.x));
 }
 
