@@ -18,7 +18,13 @@ if "keras" not in sys.modules:
     os.environ.setdefault("KERAS_BACKEND", "torch")
 keras = pytest.importorskip("keras", reason="keras is not installed (pip install warmup_fused[keras])")
 
-from warmup_fused.schedules import Recorded, from_keras  # noqa: E402
+from warmup_fused.schedules import from_keras  # noqa: E402
+
+from foreign_helpers import assert_bits_equal as _assert_bits_equal, recorded_steps
+
+
+def assert_bits_equal(got, expect, what, steps=None):
+    _assert_bits_equal(got, expect, what, steps, "Keras")
 
 S = keras.optimizers.schedules
 N = 3000  # steps compared per configuration
@@ -26,20 +32,6 @@ N = 3000  # steps compared per configuration
 
 def reference(schedule, steps) -> torch.Tensor:
     return torch.tensor([[float(schedule(t)) for t in steps]], dtype=torch.float64)
-
-
-def assert_bits_equal(got: torch.Tensor, expect: torch.Tensor, what: str, steps=None) -> None:
-    assert got.shape == expect.shape, (what, got.shape, expect.shape)
-    diff = (got.view(torch.int64) != expect.view(torch.int64)).nonzero()
-    if len(diff):
-        t = int(diff[0][1])
-        step = t if steps is None else steps[t]
-        raise AssertionError(f"{what}: {len(diff)} LRs differ; first at step {step}: got {float(got[0, t])!r}, "
-                             f"Keras {float(expect[0, t])!r}")
-
-
-def recorded_steps(s) -> int:
-    return sum(len(body.values[0]) for group in s._phases for _, body in group if isinstance(body, Recorded))
 
 
 rng = random.Random(20240612)

@@ -15,7 +15,13 @@ optax = pytest.importorskip("optax", reason="optax is not installed (pip install
 jax = pytest.importorskip("jax", reason="jax is not installed (pip install warmup_fused[optax])")
 jnp = jax.numpy
 
-from warmup_fused.schedules import Recorded, from_optax  # noqa: E402
+from warmup_fused.schedules import from_optax  # noqa: E402
+
+from foreign_helpers import assert_bits_equal as _assert_bits_equal, recorded_steps
+
+
+def assert_bits_equal(got, expect, what, steps=None):
+    _assert_bits_equal(got, expect, what, steps, "optax")
 
 N = 3000
 INT32_MAX = 2**31 - 1
@@ -24,20 +30,6 @@ INT32_MAX = 2**31 - 1
 def reference(schedule, steps) -> torch.Tensor:
     f = jax.jit(schedule)  # compiled once, called per step as optax's update does
     return torch.tensor([[float(f(jnp.int32(min(t, INT32_MAX)))) for t in steps]], dtype=torch.float64)
-
-
-def assert_bits_equal(got: torch.Tensor, expect: torch.Tensor, what: str, steps=None) -> None:
-    assert got.shape == expect.shape, (what, got.shape, expect.shape)
-    diff = (got.view(torch.int64) != expect.view(torch.int64)).nonzero()
-    if len(diff):
-        t = int(diff[0][1])
-        step = t if steps is None else steps[t]
-        raise AssertionError(f"{what}: {len(diff)} LRs differ; first at step {step}: got {float(got[0, t])!r}, "
-                             f"optax {float(expect[0, t])!r}")
-
-
-def recorded_steps(s) -> int:
-    return sum(len(body.values[0]) for group in s._phases for _, body in group if isinstance(body, Recorded))
 
 
 rng = random.Random(7)

@@ -20,6 +20,8 @@ import torch
 import warmup_fused
 from warmup_fused._ops import LAYOUT
 
+from test_migration import MLP
+
 SCHEDULE = LAYOUT["lr_from_schedule"]
 STEPS = 20
 
@@ -37,16 +39,6 @@ def test_importing_warmup_fused_imports_no_framework():
             "print(sorted(m for m in ('transformers', 'lightning', 'pytorch_lightning') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
-
-
-class Regressor(torch.nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.l1 = torch.nn.Linear(13, 37)
-        self.l2 = torch.nn.Linear(37, 5)
-
-    def forward(self, x):
-        return self.l2(torch.tanh(self.l1(x)))
 
 
 def _data(n: int = 96):
@@ -91,7 +83,7 @@ def _no_left_schedule(record) -> None:
 
 
 # ------------------------------------------------------------------------------------------- transformers
-class HFRegressor(Regressor):
+class HFMLP(MLP):
     def forward(self, x, labels=None):
         out = super().forward(x)
         return {"loss": torch.nn.functional.mse_loss(out, labels), "logits": out}
@@ -129,7 +121,7 @@ def hf_run(kind: str, sched_type: str, callback: bool, tmp: str, save: bool = Fa
             self.used.append(opt.last_lr().tolist() if isinstance(opt, warmup_fused.AdamW) else self.shown[-1])
 
     torch.manual_seed(0)
-    model = HFRegressor()
+    model = HFMLP()
     opt = _optimizer(kind, model.parameters())
     recorder = Recorder()
     callbacks = [recorder]
@@ -182,7 +174,7 @@ def test_transformers_callback_refuses_a_torch_optimizer(tmp_path):
     transformers = _transformers_trainer()
     from warmup_fused.integrations.transformers import WarmupFusedCallback
 
-    model = HFRegressor()
+    model = HFMLP()
     args = transformers.TrainingArguments(output_dir=str(tmp_path), use_cpu=True, report_to="none", max_steps=2,
                                           save_strategy="no", disable_tqdm=True, remove_unused_columns=False)
     trainer = transformers.Trainer(model=model, args=args, train_dataset=HFData(),
@@ -217,7 +209,7 @@ def lightning_run(kind: str, sched_name: str, callback: bool, opt_name: str) -> 
     class Module(L.LightningModule):
         def __init__(self):
             super().__init__()
-            self.net = Regressor()
+            self.net = MLP()
             self.used, self.shown = [], []
 
         def training_step(self, batch, batch_idx):
@@ -289,7 +281,7 @@ def test_lightning_callback_refuses_what_it_cannot_convert(config, match):
     class Module(L.LightningModule):
         def __init__(self):
             super().__init__()
-            self.net = Regressor()
+            self.net = MLP()
 
         def training_step(self, batch, batch_idx):
             loss = torch.nn.functional.mse_loss(self.net(batch[0]), batch[1])
