@@ -208,35 +208,185 @@ def test_row(row: Row):
 
 
 # ------------------------------------------------------------------------------------------------ known gaps
-def namespace() -> dict:
-    torch.manual_seed(0)
-    ns: dict = {}
-    exec(NAMESPACE, ns)
-    return ns
-
-
-def assert_refused_and_unchanged(statement: str, name: str = "opt", setup: str = "") -> None:
-    """`statement` raises ValueError/TypeError naming something, and `ns[name]` is unchanged and steps like
-    its twin."""
-    ns, twin = namespace(), namespace()
-    exec(setup, ns)
-    exec(setup, twin)
-    before = image(ns[name])
-    with pytest.raises((ValueError, TypeError)):
-        exec(statement, ns)
-    assert image(ns[name]) == before, f"{name} changed"
-    assert_steps_alike(ns[name], twin[name])
-
-
-def known_gap(reason: str):
-    return pytest.mark.xfail(strict=True, reason=reason)
-
-
-KNOWN_GAPS = []  # filled below; docs/bad_inputs.md lists the same names
+# Each gap is a strict xfail: it fails today for the reason given, and the suite fails as soon as it is closed
+# (then remove the mark). docs/bad_inputs.md lists the same tests.
+KNOWN_GAPS: list = []
 
 
 def gap(reason: str):
     def mark(fn):
         KNOWN_GAPS.append(fn.__name__)
-        return known_gap(reason)(fn)
+        return pytest.mark.xfail(strict=True, reason=reason)(fn)
     return mark
+
+
+def namespace(setup: str = "") -> dict:
+    torch.manual_seed(0)
+    ns: dict = {}
+    exec(NAMESPACE, ns)
+    exec(setup, ns)
+    return ns
+
+
+def assert_refused_and_unchanged(statement: str, setup: str = "", name: str = "opt", error=(ValueError, TypeError),
+                                 fragment: str | None = None) -> None:
+    """After `setup`, `statement` raises `error` (with `fragment` in its message), `ns[name]` is unchanged and
+    steps like its twin."""
+    ns, twin = namespace(setup), namespace(setup)
+    before = image(ns[name])
+    with pytest.raises(error) as info:
+        exec(statement, ns)
+    assert image(ns[name]) == before, f"{name} changed"
+    assert fragment is None or fragment in str(info.value), str(info.value)
+    assert len(str(info.value)) <= MAX_MESSAGE, str(info.value)
+    assert_steps_alike(ns[name], twin[name])
+
+
+@gap("ParamGroup.update writes key by key through __setitem__, so a bad later key (eps=-1.0) is refused after the "
+     "earlier ones were applied: the group trains at lr=0.5. Fix: ParamGroup.update checks the merged group "
+     "(every key's check, then Spec.check_combination) before it applies any write.")
+def test_gap_update_is_all_or_nothing():
+    assert_refused_and_unchanged("opt.param_groups[0].update(lr=0.5, eps=-1.0)", fragment="eps")
+
+
+@gap("ParamGroup intercepts writes only: del / pop / clear remove a hyperparameter silently. The step keeps the "
+     "device's old value while the group and state_dict() lack the key (a resume then takes `defaults` instead); "
+     "after clear() the step still updates params the group no longer lists. Fix: ParamGroup.__delitem__, pop, "
+     "popitem and clear raise TypeError for 'params' and every key the optimizer uses (Spec.checks, initial_lr).")
+@pytest.mark.parametrize("statement", ["del opt.param_groups[0]['eps']", "opt.param_groups[1].pop('lr')",
+                                       "opt.param_groups[0].clear()"])
+def test_gap_removing_a_hyperparameter_is_refused(statement):
+    assert_refused_and_unchanged(statement)
+
+
+def _followed_or_refused(edit: str, followed: str) -> None:
+    """After `edit`, the next step either refuses (a clear error) or does what torch's optimizers do (`followed`)."""
+    ns = namespace()
+    try:
+        exec(edit, ns)
+        ns["opt"].step()
+    except (TypeError, ValueError, RuntimeError) as e:
+        assert len(str(e)) <= MAX_MESSAGE, str(e)
+        return
+    assert eval(followed, ns), f"the step ignored `{edit}`"
+
+
+@gap("The step plan (optimizer._plan) is rebuilt only when _structure changes or a grad appears or disappears, "
+     "and param_groups is a plain list: a group replaced by a dict, a group appended to the list, a param appended "
+     "to a group's list or a new 'params' list are silently ignored (the new LR is not applied, the new param is "
+     "never trained), where torch follows them. Fix: key the plan on the identities of the groups and of their "
+     "params (the plan already walks every param per step), and refuse plain-dict groups (param_groups a list "
+     "subclass that sends appends and replacements through add_param_group's checks, or raises TypeError).")
+@pytest.mark.parametrize("edit, followed", [
+    ("opt.param_groups[0] = dict(opt.param_groups[0], lr=0.5)", "opt.last_lr()[0].item() == 0.5"),
+    ("opt.param_groups.append(dict(opt.param_groups[1], params=[r]))", "r in opt.state"),
+    ("opt.param_groups[0]['params'].append(r)", "r in opt.state"),
+    ("opt.param_groups[1]['params'] = [r]", "r in opt.state"),
+], ids=["replace-group", "append-group", "append-param", "replace-params"])
+def test_gap_param_group_structure_edits_are_followed_or_refused(edit, followed):
+    _followed_or_refused(edit, followed)
+
+
+@gap("The cached step plan holds the state tensors of its first build: a state tensor replaced in opt.state[p] "
+     "(a reset: exp_avg = zeros_like(p)) is ignored, the step updates the old one and opt.state shows a tensor that "
+     "never changes; after opt.state.clear() the step goes on from the old moments and step count while "
+     "state_dict() saves no state. torch uses what opt.state holds (and restarts a cleared param at step 1). Fix: "
+     "opt.state values as dict subclasses that bump _structure on writes (as ParamGroup does), opt.state a "
+     "defaultdict subclass doing the same on clear/pop/del, and a recreated state starts its step slot at 0.")
+@pytest.mark.parametrize("edit, followed", [
+    ("opt.state[p]['exp_avg'] = torch.zeros_like(p)", "bool((opt.state[p]['exp_avg'] != 0).any())"),
+    ("opt.state.clear()", "p in opt.state and float(opt.state[p]['step']) == 1.0"),
+], ids=["replace-state", "clear-state"])
+def test_gap_state_edits_are_followed_or_refused(edit, followed):
+    _followed_or_refused(edit, followed)
+
+
+@gap("step() runs _check_new only when it rebuilds its plan; with a cached plan (a param that stepped before) a bad "
+     "grad reaches the op, which reports it in its own terms: a sparse grad gives NotImplementedError with the "
+     "dispatcher's backend list (3 KB), a float64 grad TypeError 'grads[1] is Double' instead of rows 53/54's "
+     "errors naming the param group. Fix: when the op raises, run _check_new over the plan's rows and raise its "
+     "error (free on the normal path); or check grad layout/dtype with the has-grad scan.")
+@pytest.mark.parametrize("setup, error, fragment", [
+    ("p.grad = p.grad.to_sparse()", RuntimeError, "param_groups[0]: a param of shape (4, 5) has a torch.sparse_coo"),
+    ("q.grad_dtype = None; q.grad = q.grad.double()", ValueError,
+     "param_groups[1]: a param of shape (7,): its grad is torch.float64"),
+], ids=["sparse", "float64"])
+def test_gap_a_stepped_param_with_a_bad_grad_gets_the_same_error(setup, error, fragment):
+    assert_refused_and_unchanged("opt.step()", setup, error=error, fragment=fragment)
+
+
+@gap("load_state_dict binds the schedule (the checkpoint's, or the current relative one to the checkpoint's "
+     "initial_lr) inside _apply, after states, param_groups and the counter were written: a schedule entry that "
+     "does not fit the param groups, or an initial_lr that is NaN or a string, is refused half-way and the "
+     "optimizer is left half-loaded (a string initial_lr also fails with float()'s message, naming nothing). Fix: "
+     "bind in the checking phase (a _bind that takes the would-be groups), and check initial_lr like lr.")
+@pytest.mark.parametrize("setup, fragment", [
+    ("sd['warmup_fused']['schedule'] = s3.state_dict()", None),
+    ("sd['warmup_fused']['schedule'] = s.state_dict()", None),
+    ("sd['param_groups'][0]['initial_lr'] = float('nan')", "initial_lr"),
+    ("del sd['warmup_fused']; sd['param_groups'][0]['initial_lr'] = 'abc'", "initial_lr"),
+], ids=["3-group-schedule", "relative-schedule", "nan-initial_lr", "torch-checkpoint-str-initial_lr"])
+def test_gap_load_state_dict_binds_the_schedule_before_writing(setup, fragment):
+    assert_refused_and_unchanged("opt.load_state_dict(sd)", setup, fragment=fragment)
+
+
+@gap("initial_lr (the base LR a relative schedule scales) is never validated: a write of NaN is accepted (and saved "
+     "by state_dict()), and add_param_group binds the schedule after torch appended the group, so a NaN "
+     "initial_lr is refused as 'base_lrs[2]' with the group already added. Fix: Spec.checks gets 'initial_lr' "
+     "(a finite number >= 0), and add_param_group binds the schedule to the probe group before appending it.")
+@pytest.mark.parametrize("statement", [
+    "opt.add_param_group({'params': [r], 'initial_lr': float('nan')})",
+    "opt.param_groups[0]['initial_lr'] = float('nan')",
+], ids=["add_param_group", "write"])
+def test_gap_initial_lr_is_validated(statement):
+    assert_refused_and_unchanged(statement, fragment="initial_lr")
+
+
+@gap("_checkpoint._check_extra checks the warmup_fused entry's types only: host_lr NaN or negative (for groups "
+     "whose lr_source is 'host') is loaded and trained at; max_grad_norm=0.0, which the constructor refuses, "
+     "zeroes every grad; rng_seed 1.5 or 2**70 is loaded, then every step fails with pybind's cast error. Fix: "
+     "host_lr of 'host' groups through check_lr, max_grad_norm through _check_max_grad_norm, rng_seed an int in "
+     "[0, 2**63).")
+@pytest.mark.parametrize("setup, fragment", [
+    ("sd['warmup_fused']['lr_source'] = ['host', 'host']; sd['warmup_fused']['host_lr'] = [float('nan'), 1e-3]",
+     "host_lr"),
+    ("sd['warmup_fused']['lr_source'] = ['host', 'host']; sd['warmup_fused']['host_lr'] = [1e-3, -1.0]", "host_lr"),
+    ("sd['warmup_fused']['max_grad_norm'] = 0.0", "max_grad_norm"),
+    ("sd['warmup_fused']['rng_seed'] = 1.5", "rng_seed"),
+    ("sd['warmup_fused']['rng_seed'] = 2**70", "rng_seed"),
+], ids=["nan-host_lr", "negative-host_lr", "zero-max_grad_norm", "float-rng_seed", "huge-rng_seed"])
+def test_gap_checkpoint_extras_are_validated_like_the_constructor(setup, fragment):
+    assert_refused_and_unchanged("opt.load_state_dict(sd)", setup, fragment=fragment)
+
+
+@gap("_check_state accepts a 'master_weight' for any param; loaded for a float32 param, every later step fails "
+     "(TypeError: only float16 and bfloat16 params take a float32 master) until another checkpoint is loaded. "
+     "Fix: accept master_weight only for float16/bfloat16 params (whose group has master_weights, or a torch "
+     "checkpoint's).")
+def test_gap_master_weight_of_a_float32_param_is_refused():
+    assert_refused_and_unchanged("opt.load_state_dict(sd)", "sd['state'][0]['master_weight'] = rand(4, 5)",
+                                 fragment="master_weight")
+
+
+@gap("A checkpoint of another optimizer without states (an SGD that never stepped, or without momentum) loads into "
+     "AdamW: its groups gain momentum/dampening/nesterov and silently take AdamW's defaults for betas, eps and "
+     "amsgrad (torch's AdamW would raise KeyError 'betas' at its next step). Fix: load_state_dict requires the "
+     "optimizer's own torch keys in every saved group (Adam: betas, eps, weight_decay, amsgrad; SGD: momentum, "
+     "dampening, nesterov, weight_decay) and refuses the other optimizer's.")
+def test_gap_another_optimizers_checkpoint_without_states_is_refused():
+    assert_refused_and_unchanged(
+        "opt.load_state_dict(SGD([{'params': [rand(4, 5)]}, {'params': [rand(7)]}], lr=0.1).state_dict())")
+
+
+@gap("A malformed schedule entry in a checkpoint is reported by Schedule.from_state_dict as 'state: missing keys "
+     "...', which does not say which part of the checkpoint is wrong (row 107). Fix: _check_extra prefixes its "
+     "errors with \"state_dict['warmup_fused']['schedule']: \".")
+def test_gap_a_malformed_schedule_entry_is_named():
+    assert_refused_and_unchanged("opt.load_state_dict(sd)",
+                                 "sd['warmup_fused']['schedule'] = {'format': 'warmup_fused.Schedule'}",
+                                 fragment="state_dict['warmup_fused']['schedule']")
+
+
+def test_the_page_lists_the_known_gaps():
+    listed = re.findall(r"`(test_gap_\w+)`", DOC.read_text().split("Known gaps", 1)[1])
+    assert sorted(listed) == sorted(KNOWN_GAPS)
