@@ -330,6 +330,27 @@ def test_gap_load_state_dict_binds_the_schedule_before_writing(setup, fragment):
     assert_refused_and_unchanged("opt.load_state_dict(sd)", setup, fragment=fragment)
 
 
+@gap("When a checkpoint's bound schedule equals the optimizer's, load_state_dict keeps the original relative "
+     "schedule and rebinds it to the checkpoint's groups: a group without initial_lr is bound to its saved lr (the "
+     "LR of the next step, not the base LR), a changed initial_lr to that value, and the run resumes at other LRs "
+     "than the checkpoint's own program, silently (torch's schedulers refuse to resume without initial_lr). Fix: "
+     "keep the original only if binding it to the would-be groups yields the saved program bit for bit; else "
+     "install the saved absolute schedule (or refuse, naming initial_lr).")
+@pytest.mark.parametrize("setup", ["del sd['param_groups'][0]['initial_lr']",
+                                   "sd['param_groups'][1]['initial_lr'] = 0.5"], ids=["no-initial_lr", "other-initial_lr"])
+def test_gap_load_state_dict_resumes_the_saved_schedule(setup):
+    ns = namespace(setup)
+    saved = Schedule.from_state_dict(ns["sd"]["warmup_fused"]["schedule"])
+    expected = saved.lr_at(ns["sd"]["warmup_fused"]["sched_step"])[:, 0]
+    try:
+        ns["opt"].load_state_dict(ns["sd"])
+    except (TypeError, ValueError) as e:
+        assert "initial_lr" in str(e)
+        return
+    ns["opt"].step()
+    assert torch.equal(ns["opt"].last_lr(), expected), (ns["opt"].last_lr(), expected)
+
+
 @gap("initial_lr (the base LR a relative schedule scales) is never validated: a write of NaN is accepted (and saved "
      "by state_dict()), and add_param_group binds the schedule after torch appended the group, so a NaN "
      "initial_lr is refused as 'base_lrs[2]' with the group already added. Fix: Spec.checks gets 'initial_lr' "
@@ -368,14 +389,20 @@ def test_gap_master_weight_of_a_float32_param_is_refused():
                                  fragment="master_weight")
 
 
-@gap("A checkpoint of another optimizer without states (an SGD that never stepped, or without momentum) loads into "
-     "AdamW: its groups gain momentum/dampening/nesterov and silently take AdamW's defaults for betas, eps and "
-     "amsgrad (torch's AdamW would raise KeyError 'betas' at its next step). Fix: load_state_dict requires the "
-     "optimizer's own torch keys in every saved group (Adam: betas, eps, weight_decay, amsgrad; SGD: momentum, "
-     "dampening, nesterov, weight_decay) and refuses the other optimizer's.")
-def test_gap_another_optimizers_checkpoint_without_states_is_refused():
-    assert_refused_and_unchanged(
-        "opt.load_state_dict(SGD([{'params': [rand(4, 5)]}, {'params': [rand(7)]}], lr=0.1).state_dict())")
+@gap("load_state_dict fills a saved group's missing keys from `defaults` (right for the keys older torch versions "
+     "lack, and for ours), also for the keys every torch checkpoint has: a group without eps resumes with the "
+     "default eps, silently; a checkpoint of another optimizer without states (an SGD that never stepped) loads "
+     "into AdamW, whose groups gain momentum/dampening/nesterov and take AdamW's defaults for betas, eps and "
+     "amsgrad (torch's AdamW would raise KeyError 'betas' at its next step). Fix: require the optimizer's own "
+     "torch keys in every saved group (Adam: betas, eps, weight_decay, amsgrad; SGD: momentum, dampening, "
+     "nesterov, weight_decay; both: lr, params) and refuse the other optimizer's.")
+@pytest.mark.parametrize("setup, statement", [
+    ("", "opt.load_state_dict(SGD([{'params': [rand(4, 5)]}, {'params': [rand(7)]}], lr=0.1).state_dict())"),
+    ("opt.param_groups[0]['eps'] = 1e-6; sd = copy.deepcopy(opt.state_dict()); del sd['param_groups'][0]['eps']",
+     "opt.load_state_dict(sd)"),
+], ids=["stateless-SGD-checkpoint", "group-without-eps"])
+def test_gap_a_checkpoint_group_without_the_optimizers_keys_is_refused(setup, statement):
+    assert_refused_and_unchanged(statement, setup)
 
 
 @gap("A malformed schedule entry in a checkpoint is reported by Schedule.from_state_dict as 'state: missing keys "
