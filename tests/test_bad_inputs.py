@@ -337,7 +337,8 @@ def test_gap_load_state_dict_binds_the_schedule_before_writing(setup, fragment):
      "keep the original only if binding it to the would-be groups yields the saved program bit for bit; else "
      "install the saved absolute schedule (or refuse, naming initial_lr).")
 @pytest.mark.parametrize("setup", ["del sd['param_groups'][0]['initial_lr']",
-                                   "sd['param_groups'][1]['initial_lr'] = 0.5"], ids=["no-initial_lr", "other-initial_lr"])
+                                   "sd['param_groups'][1]['initial_lr'] = 0.5"],
+                         ids=["no-initial_lr", "other-initial_lr"])
 def test_gap_load_state_dict_resumes_the_saved_schedule(setup):
     ns = namespace(setup)
     saved = Schedule.from_state_dict(ns["sd"]["warmup_fused"]["schedule"])
