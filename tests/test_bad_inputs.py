@@ -120,9 +120,9 @@ def _outcome(fn):
     return None
 
 
-def assert_steps_alike(a, b, steps: int = 2, seed: int = 7) -> None:
+def assert_steps_alike(a, b, steps: int = 2, seed: int = 7, succeed: bool = False) -> None:
     """`a` and `b` (built alike) are equal now, and after each of `steps` steps on the same fresh grads (every
-    param that can step gets one, the others none): the same outcome, bit for bit."""
+    param that can step gets one, the others none): the same outcome (with `succeed`, no error), bit for bit."""
     assert optimizer_image(a, ids=False) == optimizer_image(b, ids=False), "differs from its twin"
     gens = torch.Generator().manual_seed(seed), torch.Generator().manual_seed(seed)
     for k in range(steps):
@@ -130,7 +130,9 @@ def assert_steps_alike(a, b, steps: int = 2, seed: int = 7) -> None:
             for group in opt.param_groups:
                 for t in group["params"]:
                     t.grad = torch.randn(t.shape, generator=gen).to(t.dtype) if _steppable(t, group) else None
-        assert _outcome(a.step) == _outcome(b.step), f"step {k + 1}: not the twin's outcome"
+        outcome = _outcome(a.step)
+        assert outcome is None or not succeed, f"step {k + 1}: {outcome}"
+        assert outcome == _outcome(b.step), f"step {k + 1}: not the twin's outcome"
         assert optimizer_image(a, ids=False) == optimizer_image(b, ids=False), f"step {k + 1}: differs from twin"
 
 
@@ -418,6 +420,38 @@ def test_gap_a_checkpoint_group_without_the_optimizers_keys_is_refused(setup, st
 ], ids=["constructor", "write"])
 def test_gap_nesterov_with_negative_dampening_names_nesterov(setup, statement, name):
     assert_refused_and_unchanged(statement, setup, name=name, fragment="Nesterov momentum requires")
+
+
+@gap("_hparams._accepted checks torch's switches (fused, foreach, capturable, differentiable) with `value not in "
+     "allowed`, which compares by ==: a tensor with several elements makes the check itself raise RuntimeError "
+     "('Boolean value of Tensor with more than one value is ambiguous'), naming nothing (and tensor(1.) passes "
+     "as True). Fix: accept only None or a bool (an int 0 / 1 at most) by type, else ValueError naming the key.")
+@pytest.mark.parametrize("statement", ["AdamW([r], foreach=torch.tensor([0.1, 0.2]))",
+                                       "opt.param_groups[0]['fused'] = torch.tensor([1.0, 1.0])"],
+                         ids=["constructor", "write"])
+def test_gap_switch_values_are_checked_by_type(statement):
+    assert_refused_and_unchanged(statement, name="r" if statement.startswith("AdamW") else "opt",
+                                 fragment="foreach" if "foreach" in statement else "fused")
+
+
+@gap("_checkpoint._check_tensor accepts a sparse state tensor (floating, same shape); _apply then fails copying it "
+     "(RuntimeError: copy_() between dense and sparse Tensors) after the states before it were written. Fix: "
+     "_check_tensor requires a strided tensor (or _into copies value.to_dense()).")
+def test_gap_a_sparse_state_tensor_is_refused_before_writing():
+    assert_refused_and_unchanged(
+        "opt.load_state_dict(sd)",
+        "sd['state'][0]['exp_avg'] = rand(4, 5); sd['state'][1]['exp_avg'] = sd['state'][1]['exp_avg'].to_sparse()")
+
+
+@gap("load_state_dict copies saved state tensors into the optimizer's with grad mode on: a saved tensor that requires "
+     "grad makes the state a non-leaf with a CopyBackwards grad_fn, so copy.deepcopy(optimizer) then fails (Only "
+     "Tensors created explicitly by the user support the deepcopy protocol). Fix: _apply under torch.no_grad() "
+     "(or _into copies value.detach()).")
+def test_gap_a_state_tensor_that_requires_grad_loads_detached():
+    ns = namespace("sd['state'][0]['exp_avg'] = sd['state'][0]['exp_avg'].clone().requires_grad_()")
+    ns["opt"].load_state_dict(ns["sd"])
+    assert not ns["opt"].state[ns["p"]]["exp_avg"].requires_grad
+    copy.deepcopy(ns["opt"])
 
 
 @gap("A malformed schedule entry in a checkpoint is reported by Schedule.from_state_dict as 'state: missing keys "

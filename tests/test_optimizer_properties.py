@@ -24,11 +24,11 @@ import pytest
 import torch
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
-from test_bad_inputs import assert_steps_alike, freeze, image
+from test_bad_inputs import MAX_MESSAGE, assert_steps_alike, freeze, image
 
 import warmup_fused
 from warmup_fused import schedules
-from warmup_fused.schedules import Schedule
+from warmup_fused.schedules import MAX_STEP, Schedule
 
 EXAMPLES = int(os.environ.get("WARMUP_FUSED_FUZZ_EXAMPLES", "0"))
 
@@ -59,13 +59,20 @@ def numbers(lo: float, hi: float, exclude_max: bool = False):
     return st.one_of(inside, inside, inside, edges, st.integers(-1, 2), NON_FINITE, JUNK)
 
 
+def lrs(hi: float):
+    """Learning rates: numbers, and one-element tensors (read at every step, as torch does) of any value."""
+    tensors = st.one_of(st.floats(0.0, hi), NON_FINITE, st.just(-1e-3)).map(
+        lambda v: torch.tensor(v, dtype=torch.float64))
+    return st.one_of(numbers(0.0, hi), tensors)
+
+
 BETA = numbers(0.0, 1.0, exclude_max=True)
 BETAS = st.one_of(st.tuples(BETA, BETA), st.tuples(BETA, BETA), st.lists(BETA, min_size=2, max_size=2),
                   st.sampled_from([(0.9,), (0.9, 0.99, 0.999), 0.9, None]))
 KEYS = {
-    "Adam": dict(lr=numbers(0.0, 0.1), betas=BETAS, eps=numbers(0.0, 1e-3), weight_decay=numbers(0.0, 0.5),
+    "Adam": dict(lr=lrs(0.1), betas=BETAS, eps=numbers(0.0, 1e-3), weight_decay=numbers(0.0, 0.5),
                  amsgrad=FLAGS, maximize=FLAGS),
-    "SGD": dict(lr=numbers(0.0, 0.5), momentum=numbers(0.0, 1.5), dampening=numbers(-0.5, 1.0),
+    "SGD": dict(lr=lrs(0.5), momentum=numbers(0.0, 1.5), dampening=numbers(-0.5, 1.0),
                 weight_decay=numbers(0.0, 0.5), nesterov=FLAGS, maximize=FLAGS),
 }
 KEYS["AdamW"] = KEYS["Adam"]
@@ -73,6 +80,8 @@ BASE = {"AdamW": dict(lr=1e-2), "Adam": dict(lr=1e-2, amsgrad=True), "SGD": dict
 
 
 def _bad_number(value, lo: float = 0.0, hi: float = math.inf) -> bool:
+    if isinstance(value, torch.Tensor) and value.numel() == 1 and value.is_floating_point():
+        value = value.item()
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return True
     return not (math.isfinite(value) and lo <= value and (value < hi if hi < math.inf else True))
@@ -130,13 +139,17 @@ def same_bits(a: torch.Tensor, b: torch.Tensor) -> bool:
 
 
 def _assert_like_torch(ours, ref, steps: int, seed: int, where: str) -> None:
-    """Same fresh grads for both, `steps` steps: params and states bit-identical after each."""
+    """Same fresh grads for both, `steps` steps: params and states bit-identical after each. With ours'
+    max_grad_norm, torch's grads are clipped first by clip_grad_norm_(foreach=True), as tests/test_low_precision.py
+    does."""
     gen = torch.Generator().manual_seed(seed)
     pairs = [(p, q) for g, h in zip(ours.param_groups, ref.param_groups) for p, q in zip(g["params"], h["params"])]
     for k in range(steps):
         for p, q in pairs:
             grad = torch.randn(p.shape, generator=gen).to(p.dtype)
             p.grad, q.grad = grad.clone(), grad.clone()
+        if ours.max_grad_norm is not None:
+            torch.nn.utils.clip_grad_norm_([q for _, q in pairs], ours.max_grad_norm, foreach=True)
         ours.step()
         ref.step()
         for i, (p, q) in enumerate(pairs):
@@ -158,7 +171,7 @@ def _assert_refusal(error: Exception, bad: set, group: dict, where: str) -> None
 
 
 @pytest.mark.parametrize("cls", ["AdamW", "Adam", "SGD"])
-@fuzz(60)
+@fuzz(200)
 @given(data=st.data(), route=st.sampled_from(["constructor", "write", "add_param_group"]),
        dtype=st.sampled_from([torch.float32, torch.float64, torch.bfloat16, torch.float16]))
 def test_hyperparameters_are_exact_or_refused(cls, data, route, dtype):
@@ -210,3 +223,203 @@ def test_hyperparameters_are_exact_or_refused(cls, data, route, dtype):
                 ref.add_param_group({"params": qs[1:], **for_torch(kw)})
     event("stepped like torch")
     _assert_like_torch(ours, ref, steps=3, seed=3, where=f"{route} {kw}")
+
+
+# ---------------------------------------------------------------------------------------------- checkpoints
+CHECKPOINT_KW = {"AdamW": dict(lr=1e-3, weight_decay=0.1), "Adam": dict(lr=1e-3, amsgrad=True),
+                 "SGD": dict(lr=0.05, momentum=0.9, dampening=0.1)}
+# The hyperparameters a checkpoint sets (lr follows the checkpoint's schedule; AdamW is always decoupled).
+HYPERPARAMETERS = {"AdamW": ("betas", "eps", "weight_decay", "amsgrad", "maximize"),
+                   "Adam": ("betas", "eps", "weight_decay", "amsgrad", "maximize", "decoupled_weight_decay"),
+                   "SGD": ("momentum", "dampening", "nesterov", "weight_decay", "maximize")}
+WIDE = st.one_of(st.floats(allow_nan=True, allow_infinity=True), st.integers(-2**64, 2**64),
+                 st.sampled_from([0, -1, 1, 2**24, 2**53 - 2, 2**53 - 1, 2**53, 2**63]), JUNK)
+TENSOR_EDITS = [
+    lambda t: t.reshape(-1), lambda t: t.reshape(-1)[:1], lambda t: torch.cat([t.reshape(-1)] * 2),
+    lambda t: t.to(torch.int32), lambda t: t.to(torch.float64), lambda t: t.to(torch.bfloat16),
+    lambda t: t.to(torch.bool), lambda t: t.to(torch.complex64),
+    lambda t: torch.full_like(t, math.nan), lambda t: torch.full_like(t, math.inf), lambda t: -t.abs() - 1,
+    lambda t: torch.zeros_like(t), lambda t: t * 2 + 1, lambda t: t.to_sparse(), lambda t: t.clone().requires_grad_(),
+    lambda t: t.tolist(), lambda t: float(t.reshape(-1)[0]),
+]
+STATE_KEYS = ["exp_avg", "exp_avg_sq", "max_exp_avg_sq", "step", "momentum_buffer", "master_weight"]
+
+
+def trained(cls: str, steps: int, seed: int):
+    """Two groups, a relative schedule, `steps` steps on fresh random grads."""
+    gen = torch.Generator().manual_seed(seed)
+    a, b = torch.randn(4, 5, generator=gen), torch.randn(7, generator=gen)
+    kw = CHECKPOINT_KW[cls]
+    opt = getattr(warmup_fused, cls)([{"params": [a]}, {"params": [b], "lr": 2 * kw["lr"]}],
+                                     schedule=schedules.warmup_cosine(100, warmup=10), **kw)
+    for _ in range(steps):
+        for t in (a, b):
+            t.grad = torch.randn(t.shape, generator=gen)
+        opt.step()
+    return opt
+
+
+def _locations(sd) -> list:
+    """(container path, key) of every entry of a (possibly already mutated) checkpoint a mutation may touch."""
+    out, todo = [], [()]
+    while todo:
+        path = todo.pop()
+        node = sd
+        for k in path:
+            node = node[k]
+        keys = node.keys() if isinstance(node, dict) else range(len(node)) if path[:1] == ("param_groups",) else ()
+        for k in keys:
+            out.append((path, k))
+            child = node[k]
+            if isinstance(child, dict) or (path == ("param_groups",) and isinstance(child, dict)):
+                todo.append(path + (k,))
+            elif k == "param_groups" and path == () and isinstance(child, list):
+                todo.append(("param_groups",))
+    return sorted(out, key=repr)
+
+
+def replacements(value):
+    """Other values for an entry: tensors of other shapes, dtypes, values and types; other numbers; junk."""
+    if isinstance(value, torch.Tensor):
+        dense = value.detach().to_dense() if value.layout != torch.strided else value.detach()
+        return st.sampled_from(TENSOR_EDITS).map(lambda edit: edit(dense))
+    if isinstance(value, bool):
+        return FLAGS
+    if isinstance(value, (int, float)):
+        return WIDE
+    if isinstance(value, (list, tuple)) and value:
+        edited = st.tuples(st.integers(0, len(value) - 1), WIDE).map(
+            lambda e: type(value)(v if i != e[0] else e[1] for i, v in enumerate(value)))
+        return st.one_of(st.just(type(value)()), st.just(value[:1]), st.just(value + value[:1]), edited, JUNK)
+    return st.one_of(JUNK, WIDE, st.sampled_from([{}, "host", "schedule"]))
+
+
+def mutate(data, sd: dict) -> dict:
+    bad = copy.deepcopy(sd)
+    for _ in range(data.draw(st.integers(1, 2), label="mutations")):
+        path, key = data.draw(st.sampled_from(_locations(bad)), label="where")
+        node = bad
+        for k in path:
+            node = node[k]
+        how = data.draw(st.sampled_from(["drop", "rename", "replace", "replace"]), label="how")
+        if how == "drop" and isinstance(node, dict):
+            del node[key]
+        elif how == "rename" and isinstance(node, dict):
+            names = [key + 100] if isinstance(key, int) else [key + "_x"] + (STATE_KEYS if path[:1] == ("state",)
+                                                                            else [])
+            node[data.draw(st.sampled_from(names), label="new name")] = node.pop(key)
+        else:
+            node[key] = data.draw(replacements(node[key]), label="value")
+    return bad
+
+
+def _known_gap(cls: str, sd: dict, bad: dict) -> str | None:
+    """The strict xfail of tests/test_bad_inputs.py that a mutated checkpoint falls under, if any."""
+    groups, extra, state = bad.get("param_groups"), bad.get("warmup_fused"), bad.get("state")
+    own = {"lr", "weight_decay"} | ({"momentum", "dampening", "nesterov"} if cls == "SGD" else
+                                    {"betas", "eps", "amsgrad"})
+    if isinstance(groups, list) and all(isinstance(g, dict) for g in groups):
+        switches = ("foreach", "fused", "capturable", "differentiable")
+        if any(isinstance(g.get(k), torch.Tensor) for g in groups for k in switches):
+            return "test_gap_switch_values_are_checked_by_type"
+        if any(not own <= set(g) for g in groups):
+            return "test_gap_a_checkpoint_group_without_the_optimizers_keys_is_refused"
+        if any(freeze(g.get("initial_lr"), False) != freeze(o["initial_lr"], False)
+               for g, o in zip(groups, sd["param_groups"])):
+            return "test_gap_load_state_dict_resumes_the_saved_schedule (or _binds_the_schedule_before_writing)"
+    saved = [s for s in state.values() if isinstance(s, dict)] if isinstance(state, dict) else []
+    if any("master_weight" in s for s in saved):
+        return "test_gap_master_weight_of_a_float32_param_is_refused"
+    tensors = [v for s in saved for v in s.values() if isinstance(v, torch.Tensor)]
+    if any(v.layout != torch.strided for v in tensors):
+        return "test_gap_a_sparse_state_tensor_is_refused_before_writing"
+    if any(v.requires_grad for v in tensors):
+        return "test_gap_a_state_tensor_that_requires_grad_loads_detached"
+    if isinstance(extra, dict):
+        number = lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)  # noqa
+        if number(extra.get("max_grad_norm")) and extra["max_grad_norm"] == 0:
+            return "test_gap_checkpoint_extras_are_validated_like_the_constructor"
+        seed = extra.get("rng_seed")
+        if number(seed) and seed >= 0 and not (isinstance(seed, int) and seed < 2**63):
+            return "test_gap_checkpoint_extras_are_validated_like_the_constructor"
+        sources, host = extra.get("lr_source"), extra.get("host_lr")
+        if isinstance(sources, list) and isinstance(host, list) and len(sources) == len(host) == 2 and \
+                all(isinstance(h, float) for h in host) and any(
+                    s == "host" and not (math.isfinite(h) and h >= 0) for s, h in zip(sources, host)):
+            return "test_gap_checkpoint_extras_are_validated_like_the_constructor"
+        schedule = extra.get("schedule")
+        if freeze(schedule, False) != freeze(sd["warmup_fused"]["schedule"], False):
+            try:
+                loaded = Schedule.from_state_dict(schedule)
+            except (TypeError, ValueError):
+                return None
+            if loaded.relative or loaded.num_groups != 2:
+                return "test_gap_load_state_dict_binds_the_schedule_before_writing"
+    return None
+
+
+def _assert_faithful(cls: str, opt, bad: dict) -> None:
+    """What the optimizer holds after loading `bad` is what `bad` says."""
+    saved_ids = [sid for g in bad["param_groups"] for sid in g["params"]]
+    param = dict(zip(saved_ids, (p for g in opt.param_groups for p in g["params"])))
+    for sid, st_ in bad["state"].items():
+        p = param[sid]
+        for key, value in st_.items():
+            if value is None:
+                continue
+            held = opt.state[p][key]
+            if key == "step":
+                assert float(held) == float(value), f"state[{sid}]['step']"
+            else:
+                assert same_bits(held, value.detach().to(p.dtype)), f"state[{sid}][{key!r}]"
+    for g, (group, saved) in enumerate(zip(opt.param_groups, bad["param_groups"])):
+        for key in HYPERPARAMETERS[cls]:
+            if key in saved:
+                assert freeze(group[key], False) == freeze(saved[key], False), f"param_groups[{g}][{key!r}]"
+    if isinstance(bad.get("warmup_fused"), dict):
+        assert int(opt.sched_step()) == bad["warmup_fused"]["sched_step"]
+
+
+def _assert_state_dict_drives_torch(cls: str, opt) -> None:
+    """Its own state_dict() makes torch's fused optimizer take the same next step."""
+    groups = [{"params": [p.detach().clone() for p in g["params"]]} for g in opt.param_groups]
+    ref = getattr(torch.optim, cls)(groups, lr=1.0, fused=True)
+    sd = copy.deepcopy(opt.state_dict())
+    sd["param_groups"] = [{**g, **for_torch({k: g[k] for k in ("amsgrad", "maximize", "nesterov") if k in g})}
+                          for g in sd["param_groups"]]
+    ref.load_state_dict(sd)
+    _assert_like_torch(opt, ref, steps=1, seed=5, where="torch from our state_dict()")
+
+
+@pytest.mark.filterwarnings("ignore:param group .* the checkpoint's lr:UserWarning")  # a torch-style checkpoint
+@pytest.mark.parametrize("cls", ["AdamW", "Adam", "SGD"])
+@fuzz(250)
+@given(data=st.data())
+def test_checkpoint_mutations_load_faithfully_or_are_refused(cls, data):
+    sd = copy.deepcopy(trained(cls, 3, seed=1).state_dict())
+    bad = mutate(data, sd)
+    gap = _known_gap(cls, sd, bad)
+    if gap is not None:
+        event(f"known gap: {gap}")
+        return
+    a, twin = trained(cls, 2, seed=0), trained(cls, 2, seed=0)
+    before = image(a)
+    try:
+        a.load_state_dict(copy.deepcopy(bad))
+    except Exception as e:  # noqa: BLE001 - judged below
+        event("refused")
+        assert isinstance(e, (ValueError, TypeError)), f"{type(e).__name__}: {e}"
+        assert len(str(e)) <= MAX_MESSAGE, str(e)
+        assert image(a) == before, "a refused checkpoint changed the optimizer"
+        assert_steps_alike(a, twin)
+        return
+    event("loaded")
+    twin.load_state_dict(copy.deepcopy(bad))
+    _assert_faithful(cls, a, bad)
+    if int(a.sched_step()) > MAX_STEP - 5:  # the counter reaches its limit (2**53 - 1) within these steps
+        event("loaded at the counter's limit")
+        assert_steps_alike(a, twin, steps=4)
+        return
+    assert_steps_alike(a, twin, succeed=True)
+    assert bool(torch.isfinite(a.last_lr()).all()), a.last_lr()
+    _assert_state_dict_drives_torch(cls, a)
