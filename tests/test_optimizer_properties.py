@@ -259,22 +259,23 @@ def trained(cls: str, steps: int, seed: int):
     return opt
 
 
+def _at(sd, path: tuple):
+    for k in path:
+        sd = sd[k]
+    return sd
+
+
 def _locations(sd) -> list:
-    """(container path, key) of every entry of a (possibly already mutated) checkpoint a mutation may touch."""
+    """(container path, key) of every entry a mutation may touch in a (possibly already mutated) checkpoint: the
+    entries of its dicts at any depth, and the param groups themselves."""
     out, todo = [], [()]
     while todo:
         path = todo.pop()
-        node = sd
-        for k in path:
-            node = node[k]
-        keys = node.keys() if isinstance(node, dict) else range(len(node)) if path[:1] == ("param_groups",) else ()
-        for k in keys:
+        node = _at(sd, path)
+        for k in (node.keys() if isinstance(node, dict) else range(len(node))):
             out.append((path, k))
-            child = node[k]
-            if isinstance(child, dict) or (path == ("param_groups",) and isinstance(child, dict)):
+            if isinstance(node[k], dict) or (path, k) == ((), "param_groups") and isinstance(node[k], list):
                 todo.append(path + (k,))
-            elif k == "param_groups" and path == () and isinstance(child, list):
-                todo.append(("param_groups",))
     return sorted(out, key=repr)
 
 
@@ -298,15 +299,15 @@ def mutate(data, sd: dict) -> dict:
     bad = copy.deepcopy(sd)
     for _ in range(data.draw(st.integers(1, 2), label="mutations")):
         path, key = data.draw(st.sampled_from(_locations(bad)), label="where")
-        node = bad
-        for k in path:
-            node = node[k]
+        node = _at(bad, path)
         how = data.draw(st.sampled_from(["drop", "rename", "replace", "replace"]), label="how")
         if how == "drop" and isinstance(node, dict):
             del node[key]
         elif how == "rename" and isinstance(node, dict):
-            names = [key + 100] if isinstance(key, int) else [key + "_x"] + (STATE_KEYS if path[:1] == ("state",)
-                                                                            else [])
+            if isinstance(key, int):  # a param's index in state
+                names = [key + 100]
+            else:
+                names = [key + "_x"] + (STATE_KEYS if path[:1] == ("state",) else [])
             node[data.draw(st.sampled_from(names), label="new name")] = node.pop(key)
         else:
             node[key] = data.draw(replacements(node[key]), label="value")
@@ -336,11 +337,10 @@ def _known_gap(cls: str, sd: dict, bad: dict) -> str | None:
     if any(v.requires_grad for v in tensors):
         return "test_gap_a_state_tensor_that_requires_grad_loads_detached"
     if isinstance(extra, dict):
-        number = lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)  # noqa
-        if number(extra.get("max_grad_norm")) and extra["max_grad_norm"] == 0:
+        if not _bad_number(extra.get("max_grad_norm")) and extra["max_grad_norm"] == 0:
             return "test_gap_checkpoint_extras_are_validated_like_the_constructor"
         seed = extra.get("rng_seed")
-        if number(seed) and seed >= 0 and not (isinstance(seed, int) and seed < 2**63):
+        if not _bad_number(seed) and not (isinstance(seed, int) and seed < 2**63):
             return "test_gap_checkpoint_extras_are_validated_like_the_constructor"
         sources, host = extra.get("lr_source"), extra.get("host_lr")
         if isinstance(sources, list) and isinstance(host, list) and len(sources) == len(host) == 2 and \
