@@ -5,7 +5,8 @@ Each row runs in a fresh namespace built by the page's own namespace code, next 
 the library prints: the page states the error type, a fragment of the message and what must not change, and
 this module checks them (see the page's "How a row is run").
 
-Below the rows: the known gaps, each a strict xfail with its diagnosis and the fix it proposes.
+Below the rows: the cases that were once known gaps, now regression tests, and the mechanism for new gaps (a
+strict xfail with its diagnosis, listed on the page).
 """
 from __future__ import annotations
 
@@ -209,8 +210,8 @@ def test_row(row: Row):
             assert_steps_alike(ns[name], twin[name])
 
 
-# ------------------------------------------------------------------------------------------------ known gaps
-# Each gap is a strict xfail: it fails today for the reason given, and the suite fails as soon as it is closed
+# ------------------------------------------------------------------------------------------ gaps, closed and known
+# A known gap is a strict xfail (@gap): it fails for the reason given, and the suite fails as soon as it is closed
 # (then remove the mark). docs/bad_inputs.md lists the same tests.
 KNOWN_GAPS: list = []
 
@@ -245,20 +246,15 @@ def assert_refused_and_unchanged(statement: str, setup: str = "", name: str = "o
         assert_steps_alike(ns[name], twin[name])
 
 
-@gap("ParamGroup.update writes key by key through __setitem__, so a bad later key (eps=-1.0) is refused after the "
-     "earlier ones were applied: the group trains at lr=0.5. Fix: ParamGroup.update checks the merged group "
-     "(every key's check, then Spec.check_combination) before it applies any write.")
-def test_gap_update_is_all_or_nothing():
+def test_update_is_all_or_nothing():
+    """param_groups[g].update(...) checks every write before it applies any."""
     assert_refused_and_unchanged("opt.param_groups[0].update(lr=0.5, eps=-1.0)", fragment="eps")
 
 
-@gap("ParamGroup intercepts writes only: del / pop / clear remove a hyperparameter silently. The step keeps the "
-     "device's old value while the group and state_dict() lack the key (a resume then takes `defaults` instead); "
-     "after clear() the step still updates params the group no longer lists. Fix: ParamGroup.__delitem__, pop, "
-     "popitem and clear raise TypeError for 'params' and every key the optimizer uses (Spec.checks, initial_lr).")
 @pytest.mark.parametrize("statement", ["del opt.param_groups[0]['eps']", "opt.param_groups[1].pop('lr')",
                                        "opt.param_groups[0].clear()"])
-def test_gap_removing_a_hyperparameter_is_refused(statement):
+def test_removing_a_hyperparameter_is_refused(statement):
+    """del / pop / clear of a key the optimizer uses is refused, nothing changed."""
     assert_refused_and_unchanged(statement)
 
 
@@ -274,75 +270,55 @@ def _followed_or_refused(edit: str, followed: str) -> None:
     assert eval(followed, ns), f"the step ignored `{edit}`"
 
 
-@gap("The step plan (optimizer._plan) is rebuilt only when _structure changes or a grad appears or disappears, "
-     "and param_groups is a plain list: a group replaced by a dict, a group appended to the list, a param appended "
-     "to a group's list or a new 'params' list are silently ignored (the new LR is not applied, the new param is "
-     "never trained), where torch follows them. Fix: key the plan on the identities of the groups and of their "
-     "params (the plan already walks every param per step), and refuse plain-dict groups (param_groups a list "
-     "subclass that sends appends and replacements through add_param_group's checks, or raises TypeError).")
 @pytest.mark.parametrize("edit, followed", [
     ("opt.param_groups[0] = dict(opt.param_groups[0], lr=0.5)", "opt.last_lr()[0].item() == 0.5"),
     ("opt.param_groups.append(dict(opt.param_groups[1], params=[r]))", "r in opt.state"),
     ("opt.param_groups[0]['params'].append(r)", "r in opt.state"),
     ("opt.param_groups[1]['params'] = [r]", "r in opt.state"),
 ], ids=["replace-group", "append-group", "append-param", "replace-params"])
-def test_gap_param_group_structure_edits_are_followed_or_refused(edit, followed):
+def test_param_group_structure_edits_are_followed_or_refused(edit, followed):
+    """Appending a group goes through add_param_group, replacing one is refused; a group's new or edited params
+    list is followed, as torch does."""
     _followed_or_refused(edit, followed)
 
 
-@gap("The cached step plan holds the state tensors of its first build: a state tensor replaced in opt.state[p] "
-     "(a reset: exp_avg = zeros_like(p)) is ignored, the step updates the old one and opt.state shows a tensor that "
-     "never changes; after opt.state.clear() the step goes on from the old moments and step count while "
-     "state_dict() saves no state. torch uses what opt.state holds (and restarts a cleared param at step 1). Fix: "
-     "opt.state values as dict subclasses that bump _structure on writes (as ParamGroup does), opt.state a "
-     "defaultdict subclass doing the same on clear/pop/del, and a recreated state starts its step slot at 0.")
 @pytest.mark.parametrize("edit, followed", [
     ("opt.state[p]['exp_avg'] = torch.zeros_like(p)", "bool((opt.state[p]['exp_avg'] != 0).any())"),
     ("opt.state.clear()", "p in opt.state and float(opt.state[p]['step']) == 1.0"),
 ], ids=["replace-state", "clear-state"])
-def test_gap_state_edits_are_followed_or_refused(edit, followed):
+def test_state_edits_are_followed_or_refused(edit, followed):
+    """A state tensor replaced in opt.state, or opt.state.clear(), reaches the next step as in torch (a cleared
+    param restarts at step 1)."""
     _followed_or_refused(edit, followed)
 
 
-@gap("step() runs _check_new only when it rebuilds its plan; with a cached plan (a param that stepped before) a bad "
-     "grad reaches the op, which reports it in its own terms: a sparse grad gives NotImplementedError with the "
-     "dispatcher's backend list (3 KB), a float64 grad TypeError 'grads[1] is Double' instead of rows 53/54's "
-     "errors naming the param group. Fix: when the op raises, run _check_new over the plan's rows and raise its "
-     "error (free on the normal path); or check grad layout/dtype with the has-grad scan.")
 @pytest.mark.parametrize("setup, error, fragment", [
     ("p.grad = p.grad.to_sparse()", RuntimeError, "param_groups[0]: a param of shape (4, 5) has a torch.sparse_coo"),
     ("q.grad_dtype = None; q.grad = q.grad.double()", ValueError,
      "param_groups[1]: a param of shape (7,): its grad is torch.float64"),
 ], ids=["sparse", "float64"])
-def test_gap_a_stepped_param_with_a_bad_grad_gets_the_same_error(setup, error, fragment):
+def test_a_stepped_param_with_a_bad_grad_gets_the_same_error(setup, error, fragment):
+    """A bad grad on a param that stepped before (a cached step plan) gets the first step's error naming its group."""
     assert_refused_and_unchanged("opt.step()", setup, error=error, fragment=fragment)
 
 
-@gap("load_state_dict binds the schedule (the checkpoint's, or the current relative one to the checkpoint's "
-     "initial_lr) inside _apply, after states, param_groups and the counter were written: a schedule entry that "
-     "does not fit the param groups, or an initial_lr that is NaN or a string, is refused half-way and the "
-     "optimizer is left half-loaded (a string initial_lr also fails with float()'s message, naming nothing). Fix: "
-     "bind in the checking phase (a _bind that takes the would-be groups), and check initial_lr like lr.")
 @pytest.mark.parametrize("setup, fragment", [
     ("sd['warmup_fused']['schedule'] = s3.state_dict()", None),
     ("sd['warmup_fused']['schedule'] = s.state_dict()", None),
     ("sd['param_groups'][0]['initial_lr'] = float('nan')", "initial_lr"),
     ("del sd['warmup_fused']; sd['param_groups'][0]['initial_lr'] = 'abc'", "initial_lr"),
 ], ids=["3-group-schedule", "relative-schedule", "nan-initial_lr", "torch-checkpoint-str-initial_lr"])
-def test_gap_load_state_dict_binds_the_schedule_before_writing(setup, fragment):
+def test_load_state_dict_binds_the_schedule_before_writing(setup, fragment):
+    """A checkpoint whose schedule does not bind to its groups, or with a bad initial_lr, is refused before any
+    write."""
     assert_refused_and_unchanged("opt.load_state_dict(sd)", setup, fragment=fragment)
 
 
-@gap("When a checkpoint's bound schedule equals the optimizer's, load_state_dict keeps the original relative "
-     "schedule and rebinds it to the checkpoint's groups: a group without initial_lr is bound to its saved lr (the "
-     "LR of the next step, not the base LR), a changed initial_lr to that value, and the run resumes at other LRs "
-     "than the checkpoint's own program, silently (torch's schedulers refuse to resume without initial_lr). Fix: "
-     "keep the original only if binding it to the would-be groups yields the saved program bit for bit; else "
-     "install the saved absolute schedule (or refuse, naming initial_lr).")
 @pytest.mark.parametrize("setup", ["del sd['param_groups'][0]['initial_lr']",
                                    "sd['param_groups'][1]['initial_lr'] = 0.5"],
                          ids=["no-initial_lr", "other-initial_lr"])
-def test_gap_load_state_dict_resumes_the_saved_schedule(setup):
+def test_load_state_dict_resumes_the_saved_schedule(setup):
+    """A resume follows the checkpoint's own program: the original schedule is kept only if it binds to the same one."""
     ns = namespace(setup)
     saved = Schedule.from_state_dict(ns["sd"]["warmup_fused"]["schedule"])
     expected = saved.lr_at(ns["sd"]["warmup_fused"]["sched_step"])[:, 0]
@@ -355,23 +331,15 @@ def test_gap_load_state_dict_resumes_the_saved_schedule(setup):
     assert torch.equal(ns["opt"].last_lr(), expected), (ns["opt"].last_lr(), expected)
 
 
-@gap("initial_lr (the base LR a relative schedule scales) is never validated: a write of NaN is accepted (and saved "
-     "by state_dict()), and add_param_group binds the schedule after torch appended the group, so a NaN "
-     "initial_lr is refused as 'base_lrs[2]' with the group already added. Fix: Spec.checks gets 'initial_lr' "
-     "(a finite number >= 0), and add_param_group binds the schedule to the probe group before appending it.")
 @pytest.mark.parametrize("statement", [
     "opt.add_param_group({'params': [r], 'initial_lr': float('nan')})",
     "opt.param_groups[0]['initial_lr'] = float('nan')",
 ], ids=["add_param_group", "write"])
-def test_gap_initial_lr_is_validated(statement):
+def test_initial_lr_is_validated(statement):
+    """initial_lr is checked like lr, before add_param_group adds anything."""
     assert_refused_and_unchanged(statement, fragment="initial_lr")
 
 
-@gap("_checkpoint._check_extra checks the warmup_fused entry's types only: host_lr NaN or negative (for groups "
-     "whose lr_source is 'host') is loaded and trained at; max_grad_norm=0.0, which the constructor refuses, "
-     "zeroes every grad; rng_seed 1.5 or 2**70 is loaded, then every step fails with pybind's cast error. Fix: "
-     "host_lr of 'host' groups through check_lr, max_grad_norm through _check_max_grad_norm, rng_seed an int in "
-     "[0, 2**63).")
 @pytest.mark.parametrize("setup, fragment", [
     ("sd['warmup_fused']['lr_source'] = ['host', 'host']; sd['warmup_fused']['host_lr'] = [float('nan'), 1e-3]",
      "host_lr"),
@@ -380,84 +348,62 @@ def test_gap_initial_lr_is_validated(statement):
     ("sd['warmup_fused']['rng_seed'] = 1.5", "rng_seed"),
     ("sd['warmup_fused']['rng_seed'] = 2**70", "rng_seed"),
 ], ids=["nan-host_lr", "negative-host_lr", "zero-max_grad_norm", "float-rng_seed", "huge-rng_seed"])
-def test_gap_checkpoint_extras_are_validated_like_the_constructor(setup, fragment):
+def test_checkpoint_extras_are_validated_like_the_constructor(setup, fragment):
+    """The warmup_fused entry's host_lr, max_grad_norm and rng_seed get the constructor's checks."""
     assert_refused_and_unchanged("opt.load_state_dict(sd)", setup, fragment=fragment)
 
 
-@gap("_check_state accepts a 'master_weight' for any param; loaded for a float32 param, every later step fails "
-     "(TypeError: only float16 and bfloat16 params take a float32 master) until another checkpoint is loaded. "
-     "Fix: accept master_weight only for float16/bfloat16 params (whose group has master_weights, or a torch "
-     "checkpoint's).")
-def test_gap_master_weight_of_a_float32_param_is_refused():
+def test_master_weight_of_a_float32_param_is_refused():
+    """A master_weight for a float32 param is refused at load (it would fail every later step)."""
     assert_refused_and_unchanged("opt.load_state_dict(sd)", "sd['state'][0]['master_weight'] = rand(4, 5)",
                                  fragment="master_weight")
 
 
-@gap("load_state_dict fills a saved group's missing keys from `defaults` (right for the keys older torch versions "
-     "lack, and for ours), also for the keys every torch checkpoint has: a group without eps resumes with the "
-     "default eps, silently; a checkpoint of another optimizer without states (an SGD that never stepped) loads "
-     "into AdamW, whose groups gain momentum/dampening/nesterov and take AdamW's defaults for betas, eps and "
-     "amsgrad (torch's AdamW would raise KeyError 'betas' at its next step). Fix: require the optimizer's own "
-     "torch keys in every saved group (Adam: betas, eps, weight_decay, amsgrad; SGD: momentum, dampening, "
-     "nesterov, weight_decay; both: lr, params) and refuse the other optimizer's.")
 @pytest.mark.parametrize("setup, statement", [
     ("", "opt.load_state_dict(SGD([{'params': [rand(4, 5)]}, {'params': [rand(7)]}], lr=0.1).state_dict())"),
     ("opt.param_groups[0]['eps'] = 1e-6; sd = copy.deepcopy(opt.state_dict()); del sd['param_groups'][0]['eps']",
      "opt.load_state_dict(sd)"),
 ], ids=["stateless-SGD-checkpoint", "group-without-eps"])
-def test_gap_a_checkpoint_group_without_the_optimizers_keys_is_refused(setup, statement):
+def test_a_checkpoint_group_without_the_optimizers_keys_is_refused(setup, statement):
+    """Saved groups must hold the optimizer's own torch keys (no silent defaults, no other optimizer's checkpoint)."""
     assert_refused_and_unchanged(statement, setup)
 
 
-@gap("Spec.check_combination reads dampening with _number's default bounds (>= 0) while the dampening check "
-     "accepts any finite value: SGD(momentum=0.9, dampening=-0.5, nesterov=True), and a write of nesterov=True "
-     "to such a group, are refused as 'Invalid dampening value: -0.5 (dampening must be finite and >= 0.0)', a "
-     "value the same optimizer accepts alone; torch says 'Nesterov momentum requires a momentum and zero "
-     "dampening'. Fix: read the (already checked) dampening with as_float in check_combination.")
 @pytest.mark.parametrize("setup, statement, name", [
     ("", "SGD([r], lr=0.1, momentum=0.9, dampening=-0.5, nesterov=True)", "r"),
     ("sgd.param_groups[0]['dampening'] = -0.5", "sgd.param_groups[0]['nesterov'] = True", "sgd"),
 ], ids=["constructor", "write"])
-def test_gap_nesterov_with_negative_dampening_names_nesterov(setup, statement, name):
+def test_nesterov_with_negative_dampening_names_nesterov(setup, statement, name):
+    """nesterov with a non-zero (even negative) dampening gets torch's Nesterov message."""
     assert_refused_and_unchanged(statement, setup, name=name, fragment="Nesterov momentum requires")
 
 
-@gap("_hparams._accepted checks torch's switches (fused, foreach, capturable, differentiable) with `value not in "
-     "allowed`, which compares by ==: a tensor with several elements makes the check itself raise RuntimeError "
-     "('Boolean value of Tensor with more than one value is ambiguous'), naming nothing (and tensor(1.) passes "
-     "as True). Fix: accept only None or a bool (an int 0 / 1 at most) by type, else ValueError naming the key.")
 @pytest.mark.parametrize("statement", ["AdamW([r], foreach=torch.tensor([0.1, 0.2]))",
                                        "opt.param_groups[0]['fused'] = torch.tensor([1.0, 1.0])"],
                          ids=["constructor", "write"])
-def test_gap_switch_values_are_checked_by_type(statement):
+def test_switch_values_are_checked_by_type(statement):
+    """foreach / fused / capturable / differentiable are checked by type (a Tensor is refused, naming the key)."""
     assert_refused_and_unchanged(statement, name="r" if statement.startswith("AdamW") else "opt",
                                  fragment="foreach" if "foreach" in statement else "fused")
 
 
-@gap("_checkpoint._check_tensor accepts a sparse state tensor (floating, same shape); _apply then fails copying it "
-     "(RuntimeError: copy_() between dense and sparse Tensors) after the states before it were written. Fix: "
-     "_check_tensor requires a strided tensor (or _into copies value.to_dense()).")
-def test_gap_a_sparse_state_tensor_is_refused_before_writing():
+def test_a_sparse_state_tensor_is_refused_before_writing():
+    """A sparse state tensor in a checkpoint is refused before anything is written."""
     assert_refused_and_unchanged(
         "opt.load_state_dict(sd)",
         "sd['state'][0]['exp_avg'] = rand(4, 5); sd['state'][1]['exp_avg'] = sd['state'][1]['exp_avg'].to_sparse()")
 
 
-@gap("load_state_dict copies saved state tensors into the optimizer's with grad mode on: a saved tensor that requires "
-     "grad makes the state a non-leaf with a CopyBackwards grad_fn, so copy.deepcopy(optimizer) then fails (Only "
-     "Tensors created explicitly by the user support the deepcopy protocol). Fix: _apply under torch.no_grad() "
-     "(or _into copies value.detach()).")
-def test_gap_a_state_tensor_that_requires_grad_loads_detached():
+def test_a_state_tensor_that_requires_grad_loads_detached():
+    """Saved state tensors that require grad load detached (the optimizer still deep-copies)."""
     ns = namespace("sd['state'][0]['exp_avg'] = sd['state'][0]['exp_avg'].clone().requires_grad_()")
     ns["opt"].load_state_dict(ns["sd"])
     assert not ns["opt"].state[ns["p"]]["exp_avg"].requires_grad
     copy.deepcopy(ns["opt"])
 
 
-@gap("A malformed schedule entry in a checkpoint is reported by Schedule.from_state_dict as 'state: missing keys "
-     "...', which does not say which part of the checkpoint is wrong (row 107). Fix: _check_extra prefixes its "
-     "errors with \"state_dict['warmup_fused']['schedule']: \".")
-def test_gap_a_malformed_schedule_entry_is_named():
+def test_a_malformed_schedule_entry_is_named():
+    """A malformed schedule entry is reported under its checkpoint key."""
     assert_refused_and_unchanged("opt.load_state_dict(sd)",
                                  "sd['warmup_fused']['schedule'] = {'format': 'warmup_fused.Schedule'}",
                                  fragment="state_dict['warmup_fused']['schedule']")

@@ -524,3 +524,89 @@ def test_amsgrad_with_nan_grads_matches_torch(cls):
             a, b = ours.state[p][k], ref.state[q][k]
             assert torch.equal(a.isnan(), b.isnan()) and torch.equal(a.nan_to_num(), b.nan_to_num()), (t, k)
     assert not ours.state[p]["max_exp_avg_sq"][35].isnan() and ours.state[p]["max_exp_avg_sq"][3].isnan()
+
+
+@pytest.mark.parametrize("cls", ["AdamW", "SGD"])
+def test_state_and_param_group_edits_follow_torch(cls):
+    """Edits of opt.state and of a group's params reach the next step exactly as in torch's fused optimizers: a
+    state tensor replaced, Adam's step written back to 1, a param's state deleted, opt.state cleared or replaced
+    by a fresh defaultdict, a param appended to a group's list, a group appended to param_groups."""
+    from collections import defaultdict
+
+    torch.manual_seed(0)
+    kw = dict(lr=1e-2, weight_decay=0.1) if cls == "AdamW" else dict(lr=1e-2, momentum=0.9, dampening=0.1)
+    model = MLP()
+    ref_model = copy.deepcopy(model)
+    extra, ref_extra = torch.randn(6), None
+    ref_extra = extra.clone()
+    ours = getattr(warmup_fused, cls)(model.parameters(), **kw)
+    ref = getattr(torch.optim, cls)(ref_model.parameters(), fused=True, **kw)
+    p0, q0 = next(model.parameters()), next(ref_model.parameters())
+    key = "exp_avg" if cls == "AdamW" else "momentum_buffer"
+    edits = [
+        lambda o, p, e: o.state[p].__setitem__(key, torch.randn_like(p, generator=torch.Generator().manual_seed(3))),
+        lambda o, p, e: o.state[p].__setitem__("step", torch.tensor(1.0)) if cls == "AdamW" else None,
+        # (torch's fused SGD fails on a group mixing params with and without buffers: SGD skips those two edits)
+        lambda o, p, e: o.state.pop(p) if cls == "AdamW" else None,
+        lambda o, p, e: o.state.clear(),
+        lambda o, p, e: setattr(o, "state", defaultdict(dict)),
+        lambda o, p, e: o.param_groups[0]["params"].append(e) if cls == "AdamW" else None,
+        # ours: append is add_param_group (torch's plain list would take a group without its defaults)
+        lambda o, p, e: (o.param_groups.append if o is ours else o.add_param_group)({"params": [new_params.pop()]}),
+    ]
+    new_params = [torch.randn(3, 3, generator=torch.Generator().manual_seed(4)).requires_grad_() for _ in range(2)]
+    for t in range(2 * len(edits) + 1):
+        for m, o, e in ((model, ours, extra), (ref_model, ref, ref_extra)):
+            torch.manual_seed(t)
+            loss = torch.nn.functional.mse_loss(m(torch.randn(8, 13)), torch.randn(8, 5))
+            m.zero_grad()
+            loss.backward()
+            e.grad = torch.randn(6)
+            for group in o.param_groups[1:]:
+                group["params"][0].grad = torch.randn(3, 3)
+        if t % 2 == 1:
+            edit = edits[t // 2]
+            edit(ours, p0, extra)
+            edit(ref, q0, ref_extra)
+        ours.step()
+        ref.step()
+        _assert_same(model, ours, ref_model, ref, where=f"step {t}:")
+        mine = [p for g in ours.param_groups[1:] for p in g["params"]] + [extra]
+        theirs = [p for g in ref.param_groups[1:] for p in g["params"]] + [ref_extra]
+        for a, b in zip(mine, theirs):
+            assert torch.equal(a, b), f"step {t}"
+    assert (extra in ours.state) == (cls == "AdamW") and len(ours.param_groups) == 2
+    if cls == "AdamW":  # the kernels take a count of 0 as a first step from zero states: refused, nothing changed
+        before = {k: v.clone() for k, v in ours.state[p0].items()}
+        with pytest.raises(ValueError, match="step 0 with non-zero moments"):
+            ours.state[p0]["step"] = 0
+        with pytest.raises(TypeError, match="cannot be removed alone"):
+            del ours.state[p0]["exp_avg"]
+        assert all(torch.equal(before[k], v) for k, v in ours.state[p0].items())
+
+
+def test_param_groups_structure_is_guarded():
+    """param_groups itself: append is add_param_group (checked), anything else that reorders, replaces or removes
+    groups is refused; a replaced list is refused at the next step; a used key cannot be deleted."""
+    p, q = torch.randn(4, requires_grad=True), torch.randn(3, requires_grad=True)
+    opt = AdamW([p], lr=1e-3)
+    with pytest.raises(ValueError, match="eps"):
+        opt.param_groups.append({"params": [q], "eps": -1.0})
+    assert len(opt.param_groups) == 1
+    opt.param_groups.append({"params": [q], "lr": 0.5})
+    assert opt.param_groups[1]["lr"] == 0.5 and type(opt.param_groups[1]) is type(opt.param_groups[0])
+    for statement in ("g[0] = g[1]", "del g[0]", "g.pop()", "g.insert(0, {})", "g.reverse()", "g += [{}]",
+                      "g.clear()", "g.extend([])"):
+        with pytest.raises(TypeError, match="add_param_group"):
+            exec(statement, {"g": opt.param_groups})
+    for statement in ("del g['lr']", "g.pop('betas')", "g.popitem()", "g.clear()"):
+        with pytest.raises(TypeError, match="cannot be removed"):
+            exec(statement, {"g": opt.param_groups[0]})
+    opt.param_groups[0]["note"] = 1
+    del opt.param_groups[0]["note"]  # a key the optimizer does not use: free
+    with pytest.raises(ValueError, match="more than one parameter group"):
+        opt.param_groups[1]["params"] = [q, p]
+    opt.param_groups = [dict(g) for g in opt.param_groups]
+    p.grad, q.grad = torch.randn(4), torch.randn(3)
+    with pytest.raises(TypeError, match="replaced by another list"):
+        opt.step()

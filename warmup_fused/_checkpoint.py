@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from ._hparams import ADAM_SPEC, ParamGroup, as_float
+from ._hparams import ADAM_SPEC, ParamGroup, as_float, check_lr, check_max_grad_norm
 from ._ops import LAYOUT
 from .schedules import Schedule
 
@@ -59,6 +59,7 @@ def _initialised(opt) -> dict:
 def state_dict(opt) -> dict[str, Any]:
     opt._sync_plateau()
     sd = torch.optim.Optimizer.state_dict(opt)
+    sd["state"] = {i: dict(st) for i, st in sd["state"].items()}  # plain dicts, as torch's
     for packed in sd["param_groups"]:  # ours is torch's fused arithmetic: torch resumes on its fused kernels
         packed["fused"], packed["foreach"] = True, None
     step = _counter(opt)
@@ -103,6 +104,8 @@ def _check_tensor(where: str, key: str, value, param: torch.Tensor) -> None:
         raise ValueError(f"{where}: {key} has shape {tuple(value.shape)}, its param {tuple(param.shape)}")
     if not value.is_floating_point():
         raise TypeError(f"{where}: {key} must be floating point, got {value.dtype}")
+    if value.layout != torch.strided:
+        raise ValueError(f"{where}: {key} is a {value.layout} tensor; optimizer states are dense")
 
 
 def _check_state(opt, i: int, param: torch.Tensor, st) -> dict:
@@ -129,6 +132,9 @@ def _check_state(opt, i: int, param: torch.Tensor, st) -> dict:
             _step_value(where, value)
         else:
             _check_tensor(where, key, value, param)
+    if "master_weight" in st and param.dtype not in (torch.float16, torch.bfloat16):
+        raise ValueError(f"{where}: master_weight is the float32 master of a float16/bfloat16 param; this param is "
+                         f"{param.dtype}")
     if "step" in st and _step_value(where, st["step"]) == 0.0:
         for key in ("exp_avg", "exp_avg_sq", "max_exp_avg_sq"):
             if key in st and bool((st[key] != 0).any()):
@@ -145,13 +151,17 @@ def _check_extra(opt, extra, n_groups: int) -> dict:
         raise ValueError(f"state_dict['warmup_fused']['sched_step'] must be an int in [0, 2**53 - 2], got {step!r}")
     out = {"sched_step": step, "schedule": None}
     if extra.get("schedule") is not None:
-        out["schedule"] = Schedule.from_state_dict(extra["schedule"])
-    for key in ("max_grad_norm", "rng_seed"):
-        value = extra.get(key)
-        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or
-                                  not math.isfinite(value) or value < 0):
-            raise ValueError(f"state_dict['warmup_fused']['{key}'] must be None or a number >= 0, got {value!r}")
-        out[key] = value
+        try:
+            out["schedule"] = Schedule.from_state_dict(extra["schedule"])
+        except (TypeError, ValueError) as e:
+            raise type(e)(f"state_dict['warmup_fused']['schedule']: {e}") from None
+    try:
+        out["max_grad_norm"] = check_max_grad_norm(extra.get("max_grad_norm"))
+    except ValueError as e:
+        raise ValueError(f"state_dict['warmup_fused']: {e}") from None
+    seed = out["rng_seed"] = extra.get("rng_seed")
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**63):
+        raise ValueError(f"state_dict['warmup_fused']['rng_seed'] must be None or an int in [0, 2**63), got {seed!r}")
     for key, check in (("lr_source", lambda v: v in _MODE_OF), ("host_lr", lambda v: isinstance(v, float)),
                        ("momentum_scheduled", lambda v: isinstance(v, bool))):
         values = extra.get(key)
@@ -161,6 +171,9 @@ def _check_extra(opt, extra, n_groups: int) -> dict:
             raise ValueError(f"state_dict['warmup_fused']['{key}'] must be a list of {n_groups} valid entries, "
                              f"got {values!r}")
         out[key] = values
+    for g, (source, lr) in enumerate(zip(out.get("lr_source", ()), out.get("host_lr", ()))):
+        if source == "host":  # the value the group trains at
+            check_lr(lr, f"state_dict['warmup_fused']['host_lr'][{g}]")
     return out
 
 
@@ -180,7 +193,13 @@ def load_state_dict(opt, state_dict: dict[str, Any]) -> None:
         if not isinstance(sg, dict) or len(sg.get("params", ())) != len(g["params"]):
             raise ValueError("loaded state dict contains a parameter group that doesn't match the size of "
                              "optimizer's group")
-        opt._spec.check_group(sg, f"param_groups[{i}]: ")
+        missing = [k for k in opt._spec.saved_keys if k not in sg]
+        if missing:
+            raise ValueError(f"param_groups[{i}] lacks {missing}, which every {opt._spec.name} checkpoint has (a "
+                             "checkpoint of another optimizer?)")
+    new_groups = _loaded_groups(opt, saved_groups)
+    for i, group in enumerate(new_groups):
+        opt._spec.check_group(group, f"param_groups[{i}]: ")
     id_map = {sid: p for sg, g in zip(saved_groups, groups) for sid, p in zip(sg["params"], g["params"])}
     saved_state = state_dict["state"]
     if not isinstance(saved_state, dict):
@@ -199,15 +218,44 @@ def load_state_dict(opt, state_dict: dict[str, Any]) -> None:
         step = int(max(steps)) if steps else None
     for b in opt._devices.values():
         b.check_not_capturing("load_state_dict")
-    schedule = extra["schedule"] if extra is not None and extra["schedule"] is not None else None
-    if schedule is not None and opt._schedule is not None and opt._bound.state_dict() == schedule.state_dict():
-        schedule = opt._schedule  # the same schedule: keep the original (a relative one can still rebind)
+    if extra is None:  # a torch checkpoint: the current schedule goes on
+        schedule = opt._schedule
+    else:
+        schedule = extra["schedule"]
+        if schedule is not None and _same_program(opt, new_groups, schedule):
+            schedule = opt._schedule  # keep the original (a relative one can still rebind)
+    program = opt._program(schedule, new_groups)  # it binds to the loaded groups and fits every device
     # Everything is checked; from here on only writes.
-    _apply(opt, saved_groups, states, extra, step, schedule)
+    _apply(opt, new_groups, states, extra, step, schedule, program)
     for hook in opt._optimizer_load_state_dict_post_hooks.values():
         hook(opt)
 
 
+def _loaded_groups(opt, saved_groups: list) -> list[dict]:
+    """The param groups a checkpoint's become: its values over `defaults` (torch's lack our options), our params."""
+    out = []
+    for g, sg in zip(opt.param_groups, saved_groups):
+        group = {**opt.defaults, **{k: v for k, v in sg.items() if k != "params"}}
+        group["params"] = g["params"]
+        if "param_names" in g and "param_names" not in group:
+            group["param_names"] = g["param_names"]
+        if type(opt).__name__ == "AdamW":
+            group["decoupled_weight_decay"] = True
+        out.append(group)
+    return out
+
+
+def _same_program(opt, groups: list, saved: Schedule) -> bool:
+    """Whether the optimizer's schedule, bound to the loaded groups, is the checkpoint's bound schedule."""
+    if opt._schedule is None:
+        return False
+    try:
+        return opt._bind(opt._schedule, groups).state_dict() == saved.state_dict()
+    except (TypeError, ValueError):
+        return False
+
+
+@torch.no_grad()  # a saved tensor that requires grad must not attach the state to its graph
 def _into(existing, value: torch.Tensor, param: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """The saved value in `dtype`, the param's device and layout: copied into the existing state tensor when there
     is one (a captured graph holds its address), else into a new one."""
@@ -217,12 +265,12 @@ def _into(existing, value: torch.Tensor, param: torch.Tensor, dtype: torch.dtype
     return existing
 
 
-def _restore(opt, extra: dict, schedule) -> None:
+def _restore(opt, extra: dict, schedule, program: tuple | None = None) -> None:
     """Installs what _extra saved (after load_state_dict's checks, or when unpickling): the schedule, each group's LR
     source (a group that follows a host value shows it) and the optimizer-level options."""
     opt.max_grad_norm = extra.get("max_grad_norm", opt.max_grad_norm)
     opt._rng_seed = extra.get("rng_seed", opt._rng_seed)
-    opt._rebind(schedule)
+    opt._rebind(schedule, program=program)
     for g, (group, src) in enumerate(zip(opt.param_groups, opt._sources)):
         if extra.get("lr_source") and _MODE_OF[extra["lr_source"][g]] == LAYOUT["lr_from_host"]:
             src.lr_mode, src.host_lr = LAYOUT["lr_from_host"], float(extra["host_lr"][g])
@@ -233,10 +281,11 @@ def _restore(opt, extra: dict, schedule) -> None:
     opt._show(opt._host_step)
 
 
-def _apply(opt, saved_groups, states, extra, step, schedule) -> None:
+def _apply(opt, new_groups, states, extra, step, schedule, program) -> None:
     adam = opt._spec is ADAM_SPEC
-    masters = {p: bool({**opt.defaults, **sg}.get("master_weights")) and p.dtype in (torch.float16, torch.bfloat16)
-               for g, sg in zip(opt.param_groups, saved_groups) for p in g["params"]}
+    opt._ready = False  # our own writes into state and param_groups: no user-edit hooks
+    masters = {p: bool(group.get("master_weights")) and p.dtype in (torch.float16, torch.bfloat16)
+               for group in new_groups for p in group["params"]}
     for p in masters:
         old = opt.state.get(p, {})
         new = states.get(p, {})
@@ -257,15 +306,8 @@ def _apply(opt, saved_groups, states, extra, step, schedule) -> None:
             opt.state[p] = fresh
         elif p in opt.state:
             del opt.state[p]
-    opt._ready = False
-    for i, (g, sg) in enumerate(zip(opt.param_groups, saved_groups)):
-        group = {**opt.defaults, **{k: v for k, v in sg.items() if k != "params"}}  # torch's lack our options
-        group["params"] = g["params"]
-        if "param_names" in g and "param_names" not in group:
-            group["param_names"] = g["param_names"]
-        if type(opt).__name__ == "AdamW":
-            group["decoupled_weight_decay"] = True
-        opt.param_groups[i] = ParamGroup(group, opt)
+    for i, group in enumerate(new_groups):
+        list.__setitem__(opt.param_groups, i, ParamGroup(group, opt))
     opt._ready = True
     opt._sources = [opt._host_source(g) for g in opt.param_groups]
     opt._structure += 1
@@ -274,12 +316,12 @@ def _apply(opt, saved_groups, states, extra, step, schedule) -> None:
             b.set_counter(step)
         opt._host_step = step
     if extra is not None:
-        return _restore(opt, extra, schedule)
+        return _restore(opt, extra, schedule, program)
     # A torch checkpoint: the current schedule goes on from the restored counter; a group whose saved lr differs
     # from it follows the saved lr, as torch would.
     current = opt._schedule
     lrs = [g["lr"] for g in opt.param_groups]
-    opt._rebind(current)
+    opt._rebind(current, program=program)
     expected, _ = opt._host_values(opt._host_step)
     for g, (group, src, lr) in enumerate(zip(opt.param_groups, opt._sources, lrs)):
         if isinstance(lr, torch.Tensor) or src.lr_mode != LAYOUT["lr_from_schedule"]:
@@ -316,7 +358,7 @@ def setstate(opt, state: dict[str, Any]) -> None:
         raise ValueError("this pickle of a warmup_fused optimizer lacks its 'warmup_fused' state")
     torch.optim.Optimizer.__setstate__(opt, state)
     opt._ready = False
-    opt._wrap_groups()
+    opt._wrap_containers()
     opt._init_host(extra["sched_step"])
     opt.max_grad_norm = None
     opt._ready = True

@@ -49,6 +49,13 @@ def check_lr(value, key: str = "lr"):
     return _number(key, value, label="learning rate")
 
 
+def check_max_grad_norm(value):
+    if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or
+                              not math.isfinite(value) or value <= 0):
+        raise ValueError(f"max_grad_norm must be None or a finite number > 0, got {value!r}")
+    return None if value is None else float(value)
+
+
 def _flag(key: str, value) -> bool:
     if isinstance(value, torch.Tensor) or not isinstance(value, (bool, int)) or value not in (0, 1):
         raise TypeError(f"{key} must be a bool, got {value!r}")
@@ -73,7 +80,8 @@ def _accepted(key: str, allowed: tuple) -> Callable:
     values that ask for something we do not do."""
 
     def check(value):
-        if value not in allowed:
+        # by type first: `in` compares with ==, which a Tensor answers elementwise
+        if not (value is None or (isinstance(value, (bool, int)) and value in (0, 1))) or value not in allowed:
             raise ValueError(f"{key}={value!r} is not supported: warmup_fused's optimizers are always fused and "
                              f"capturable (accepted values: {list(allowed)})")
         return value
@@ -85,6 +93,9 @@ _LOW_PRECISION = {
     "master_weights": lambda v: _flag("master_weights", v),
     "stochastic_rounding": lambda v: _flag("stochastic_rounding", v),
 }
+
+# The base LR a relative schedule scales (torch's schedulers write it); a Tensor when the lr is one, as in torch.
+_INITIAL_LR = {"initial_lr": lambda v: check_lr(v, "initial_lr")}
 
 _TORCH_SWITCHES = {
     "foreach": _accepted("foreach", (None, False, True)),
@@ -98,8 +109,9 @@ class Spec:
     """An optimizer's hyperparameters: how each group key is validated and which device column it fills."""
 
     def __init__(self, name: str, cols: int, checks: dict[str, Callable], columns: dict[str, int],
-                 momentum_key: str):
+                 momentum_key: str, saved_keys: tuple):
         self.name, self.cols, self.checks, self.columns, self.momentum_key = name, cols, checks, columns, momentum_key
+        self.saved_keys = saved_keys  # what every torch checkpoint of this optimizer has in each param group
 
     def check_group(self, group: dict, where: str = "") -> None:
         """Validates every hyperparameter of a group dict (raises naming the key)."""
@@ -118,7 +130,7 @@ class Spec:
             raise ValueError(f"{where}master_weights and stochastic_rounding exclude each other: with a float32 master "
                              "the param is the master rounded to nearest")
         if self.name == "SGD" and group.get("nesterov") and (
-                momentum_value(group) <= 0 or _number("dampening", group.get("dampening", 0.0)) != 0):
+                momentum_value(group) <= 0 or as_float(group.get("dampening", 0.0)) != 0):
             raise ValueError(f"{where}Nesterov momentum requires a momentum and zero dampening")
 
     def momentum(self, group: dict):
@@ -148,20 +160,21 @@ ADAM_SPEC = Spec(
     {"lr": check_lr, "betas": lambda v: _betas("betas", v), "eps": lambda v: _number("eps", v, label="epsilon value"),
      "weight_decay": lambda v: _number("weight_decay", v), "amsgrad": lambda v: _flag("amsgrad", v),
      "maximize": lambda v: _flag("maximize", v),
-     "decoupled_weight_decay": lambda v: _flag("decoupled_weight_decay", v), **_LOW_PRECISION, **_TORCH_SWITCHES},
+     "decoupled_weight_decay": lambda v: _flag("decoupled_weight_decay", v), **_LOW_PRECISION, **_TORCH_SWITCHES,
+     **_INITIAL_LR},
     {"eps": LAYOUT["eps"], "weight_decay": LAYOUT["weight_decay"], "amsgrad": LAYOUT["amsgrad"],
      "maximize": LAYOUT["maximize"], "decoupled_weight_decay": LAYOUT["decoupled"],
      "stochastic_rounding": LAYOUT["stochastic"]},
-    "betas")
+    "betas", ("params", "lr", "betas", "eps", "weight_decay", "amsgrad"))
 
 SGD_SPEC = Spec(
     "SGD", LAYOUT["sgd_cols"],
     {"lr": check_lr, "momentum": lambda v: _number("momentum", v), "dampening": lambda v: _number("dampening", v, lo=-math.inf),
      "weight_decay": lambda v: _number("weight_decay", v), "nesterov": lambda v: _flag("nesterov", v),
-     "maximize": lambda v: _flag("maximize", v), **_LOW_PRECISION, **_TORCH_SWITCHES},
+     "maximize": lambda v: _flag("maximize", v), **_LOW_PRECISION, **_TORCH_SWITCHES, **_INITIAL_LR},
     {"dampening": LAYOUT["dampening"], "weight_decay": LAYOUT["sgd_weight_decay"], "nesterov": LAYOUT["nesterov"],
      "maximize": LAYOUT["sgd_maximize"], "stochastic_rounding": LAYOUT["stochastic"]},
-    "momentum")
+    "momentum", ("params", "lr", "momentum", "dampening", "nesterov", "weight_decay"))
 
 
 class ParamGroup(dict):
@@ -177,15 +190,49 @@ class ParamGroup(dict):
         super().__init__(data)
         self._owner = weakref.ref(owner)
 
+    def _live_owner(self):
+        return self._owner() if self._owner is not None else None
+
     def __setitem__(self, key, value):
-        owner = self._owner() if self._owner is not None else None
+        owner = self._live_owner()
         if owner is None:
             return dict.__setitem__(self, key, value)
-        owner._on_group_write(self, key, value)
+        owner._on_group_write(self, {key: value})
 
     def update(self, *args, **kwargs):
-        for key, value in dict(*args, **kwargs).items():
-            self[key] = value
+        owner = self._live_owner()
+        if owner is None:
+            return dict.update(self, *args, **kwargs)
+        owner._on_group_write(self, dict(*args, **kwargs))  # every write checked before any is applied
+
+    def __ior__(self, other):
+        self.update(other)
+        return self
+
+    def _check_removal(self, keys) -> None:
+        owner = self._live_owner()
+        used = [] if owner is None or not owner._ready else [k for k in keys if k in owner._spec.checks or k == "params"]
+        if used:
+            raise TypeError(f"param group: {used[0]!r} cannot be removed: the optimizer uses it (write another value "
+                            "instead)")
+
+    def __delitem__(self, key):
+        self._check_removal([key])
+        dict.__delitem__(self, key)
+
+    def pop(self, key, *default):
+        if key in self:
+            self._check_removal([key])
+        return dict.pop(self, key, *default)
+
+    def popitem(self):
+        if self:
+            self._check_removal([next(reversed(self.keys()))])
+        return dict.popitem(self)
+
+    def clear(self):
+        self._check_removal(list(self))
+        dict.clear(self)
 
     def setdefault(self, key, default=None):
         if key not in self:
@@ -204,4 +251,31 @@ class ParamGroup(dict):
         return copy.deepcopy(dict(self), memo)
 
 
-__all__ = ["ADAM_SPEC", "SGD_SPEC", "Spec", "ParamGroup", "check_lr", "as_float"]
+class GroupList(list):
+    """optimizer.param_groups: ``append`` is ``add_param_group`` (checked); replacing, inserting, removing or
+    reordering groups is refused, since each group's schedule, device rows and states follow its position."""
+
+    __slots__ = ("_owner", "_appending")
+
+    def __init__(self, groups, owner):
+        super().__init__(groups)
+        self._owner, self._appending = weakref.ref(owner), False
+
+    def append(self, group):
+        if self._appending or self._owner() is None:
+            return list.append(self, group)
+        self._owner().add_param_group(group)
+
+    def _refuse(self, *args, **kwargs):
+        raise TypeError("param_groups: add groups with add_param_group (or append) and edit a group's keys in place "
+                        "(param_groups[g]['lr'] = ...); replacing, inserting, removing or reordering groups is not "
+                        "supported")
+
+    __setitem__ = __delitem__ = __iadd__ = __imul__ = insert = extend = pop = remove = clear = sort = reverse = _refuse
+
+    def __reduce__(self):
+        return list, (list(self),)
+
+
+__all__ = ["ADAM_SPEC", "SGD_SPEC", "Spec", "ParamGroup", "GroupList", "check_lr", "check_max_grad_norm",
+           "as_float"]

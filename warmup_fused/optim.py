@@ -23,6 +23,7 @@ iteration. A skipped step leaves params, states and per-param steps untouched, a
 from __future__ import annotations
 
 import math
+import operator
 import struct
 from typing import Any
 
@@ -31,8 +32,9 @@ import torch
 from . import _checkpoint, _ops
 from ._device import DeviceBuffers
 from ._expr import BASE
-from ._hparams import ADAM_SPEC, SGD_SPEC, ParamGroup, Spec, as_float
+from ._hparams import ADAM_SPEC, SGD_SPEC, GroupList, ParamGroup, Spec, as_float, check_max_grad_norm
 from ._ops import LAYOUT
+from ._state import StateDict
 from .schedules import MAX_STEP, Schedule
 
 __all__ = ["AdamW", "Adam", "SGD"]
@@ -41,13 +43,6 @@ _SCHEDULE, _HOST, _TENSOR = LAYOUT["lr_from_schedule"], LAYOUT["lr_from_host"], 
 _LR_AHEAD = 256  # steps of host LRs evaluated at once for param_groups' display
 _FLOAT_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 _REDUCED = (torch.float16, torch.bfloat16)
-
-
-def _check_max_grad_norm(value):
-    if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or
-                              not math.isfinite(value) or value <= 0):
-        raise ValueError(f"max_grad_norm must be None or a finite number > 0, got {value!r}")
-    return None if value is None else float(value)
 
 
 def _same_float(a, b) -> bool:
@@ -63,6 +58,13 @@ def _dense(t: torch.Tensor) -> bool:
             return False
         expected *= size
     return True
+
+
+_MOMENTS = ("exp_avg", "exp_avg_sq", "max_exp_avg_sq")
+
+
+def _nonzero(value) -> bool:
+    return isinstance(value, torch.Tensor) and bool((value != 0).any())
 
 
 class _Source:
@@ -105,11 +107,11 @@ class _FusedOptimizer(torch.optim.Optimizer):
 
     def __init__(self, params, defaults: dict, schedule: Schedule | None, max_grad_norm: float | None):
         self._ready = False
-        max_grad_norm = _check_max_grad_norm(max_grad_norm)
+        max_grad_norm = check_max_grad_norm(max_grad_norm)
         super().__init__(params, defaults)
         self.max_grad_norm = max_grad_norm
         self._step_supports_amp_scaling = True  # GradScaler passes grad_scale / found_inf to step()
-        self._wrap_groups()
+        self._wrap_containers()
         self._init_host(0)
         self._ready = True
         self._draw_seed()
@@ -137,11 +139,45 @@ class _FusedOptimizer(torch.optim.Optimizer):
         self._last_grad_norm: torch.Tensor | None = None
 
     # ------------------------------------------------------------------------------------------ param groups
-    def _wrap_groups(self) -> None:
-        self.param_groups = [ParamGroup(g, self) for g in self.param_groups]
+    def _wrap_containers(self) -> None:
+        """param_groups and state as the containers that see every edit (torch's __init__ / __setstate__ made
+        plain ones)."""
+        self.param_groups = GroupList([ParamGroup(g, self) for g in self.param_groups], self)
         # The step path reads the groups through this alias: torch.compile's optimizer support special-cases the
         # attribute `param_groups` in ways that assume plain dicts.
         self._groups = self.param_groups
+        self.state = StateDict(self, self.state)
+
+    def _on_state_write(self, state: dict, p: torch.Tensor, key, value):
+        """optimizer.state[p][key] = value (a user's edit): the next step uses it, as torch's would. Adam's 'step'
+        is copied into p's step counter. The kernels take a count of 0 as a first step, from zero states (inside a
+        CUDA graph capture they are still uninitialised), so a count of 0 comes with zero moments only."""
+        for b in self._devices.values():
+            b.check_not_capturing(f"optimizer.state[p]['{key}'] was written")
+        where = f"state[p] of a param of shape {tuple(p.shape)}"
+        slot = self._step_slots.get(p)
+        if self._spec is ADAM_SPEC and key == "step" and value is not slot:
+            count = _checkpoint._step_value(where, value)
+            if count == 0 and any(_nonzero(state.get(k)) for k in _MOMENTS):
+                raise ValueError(f"{where}: step 0 with non-zero moments: a param's first step starts from zero "
+                                 "states; to restart a param, delete its state (del optimizer.state[p])")
+            value = self._slot(p)
+            value.fill_(count)
+        elif self._spec is ADAM_SPEC and key in _MOMENTS and slot is not None and float(slot) == 0 and _nonzero(value):
+            raise ValueError(f"{where}: {key} written non-zero at step 0: a param's first step starts from zero "
+                             "states; write its 'step' (>= 1) first")
+        elif key == "momentum_buffer" and slot is not None:
+            slot.clamp_(min=1.0)  # the buffer holds values: the kernel uses it instead of initialising it
+        self._structure += 1
+        return value
+
+    def _on_state_delete(self, state: dict, key) -> None:
+        """del optimizer.state[p][key]: SGD's momentum buffer and a master weight start over at the next step (as
+        torch's buffer does); Adam's step and moments only go with the whole state (torch's step would fail)."""
+        if self._spec is ADAM_SPEC and key in ("step", *_MOMENTS):
+            raise TypeError(f"optimizer.state[p]['{key}'] cannot be removed alone; to restart a param, delete its "
+                            "whole state (del optimizer.state[p])")
+        self._structure += 1
 
     def _host_source(self, group: dict) -> _Source:
         lr = group["lr"]
@@ -164,46 +200,66 @@ class _FusedOptimizer(torch.optim.Optimizer):
                                  "param groups; call set_schedule with a matching schedule first")
         for b in self._devices.values():
             b.check_room(n, "add_param_group")
-        super().add_param_group(param_group)  # torch's own checks (tensors, disjoint params, ...), then appended
-        self.param_groups[-1] = ParamGroup(self.param_groups[-1], self)
-        self._sources.append(self._host_source(self.param_groups[-1]))
+        program = self._program(self._schedule, [*self._groups, probe], carry=True)  # binds: checked before adding
+        groups = self.param_groups
+        groups._appending = True
+        try:
+            super().add_param_group(param_group)  # torch's own checks (tensors, disjoint params, ...), then appended
+        finally:
+            groups._appending = False
+        list.__setitem__(groups, -1, ParamGroup(groups[-1], self))
+        self._sources.append(self._host_source(groups[-1]))
         self._structure += 1
         self._draw_seed()
-        self._rebind(self._schedule, only_group=n - 1)
+        self._rebind(self._schedule, only_group=n - 1, program=program)
 
-    def _on_group_write(self, group: ParamGroup, key, value) -> None:
-        """param_groups[g][key] = value: checked, then applied on every device, in place."""
+    def _on_group_write(self, group: ParamGroup, writes: dict) -> None:
+        """param_groups[g][key] = value, or group.update(...): every write is checked before any is applied, then
+        applied on every device, in place."""
         spec = self._spec
-        if not self._ready or key not in spec.checks:
-            return dict.__setitem__(group, key, value)
+        checked = [k for k in writes if k in spec.checks or k == "params"] if self._ready else []
+        if not checked:
+            return dict.update(group, writes)
         g = self._group_index(group)
         where = f"param_groups[{g}]: "
-        try:
-            spec.checks[key](value)
-        except (TypeError, ValueError) as e:
-            raise type(e)(f"{where}{e}") from None
-        spec.check_combination({**group, key: value}, where)
+        for key in checked:
+            try:
+                self._check_params(writes[key], g) if key == "params" else spec.checks[key](writes[key])
+            except (TypeError, ValueError) as e:
+                raise type(e)(f"{where}{e}") from None
+        spec.check_combination({**group, **writes}, where)
         for b in self._devices.values():
-            b.check_not_capturing(f"param_groups[{g}]['{key}'] was written")
+            b.check_not_capturing(f"param_groups[{g}]['{checked[0]}'] was written")
         src = self._sources[g]
         # A write equal to what the next step would apply changes nothing; anything else is the group's value now.
         lr_next, mom_next = self._next_values(g)
-        if key == "lr":
-            if isinstance(value, torch.Tensor) or src.lr_mode == _TENSOR:
-                self._structure += 1  # the op's lr_tensors change
-            if isinstance(value, torch.Tensor):
-                src.lr_mode, src.lr_tensor, src.host_lr = _TENSOR, value, math.nan
-            elif src.lr_mode == _TENSOR or not _same_float(value, lr_next):
-                src.lr_mode, src.lr_tensor, src.host_lr = _HOST, None, float(value)
-        elif key == spec.momentum_key:
-            new = value[0] if key == "betas" else value
-            if isinstance(new, torch.Tensor) or not _same_float(new, mom_next):
-                src.mom_scheduled = False  # the group's value from now on
-        if key in ("amsgrad", "momentum", "master_weights", "stochastic_rounding"):
-            self._structure += 1  # which states and features the op gets
-        dict.__setitem__(group, key, value)
+        for key, value in writes.items():
+            if key == "lr":
+                if isinstance(value, torch.Tensor) or src.lr_mode == _TENSOR:
+                    self._structure += 1  # the op's lr_tensors change
+                if isinstance(value, torch.Tensor):
+                    src.lr_mode, src.lr_tensor, src.host_lr = _TENSOR, value, math.nan
+                elif src.lr_mode == _TENSOR or not _same_float(value, lr_next):
+                    src.lr_mode, src.lr_tensor, src.host_lr = _HOST, None, float(value)
+            elif key == spec.momentum_key:
+                new = value[0] if key == "betas" else value
+                if isinstance(new, torch.Tensor) or not _same_float(new, mom_next):
+                    src.mom_scheduled = False  # the group's value from now on
+            if key in ("params", "amsgrad", "momentum", "master_weights", "stochastic_rounding"):
+                self._structure += 1  # which params, states and features the op gets
+            dict.__setitem__(group, key, value)
         self._draw_seed()
         self._write_rows(g)
+
+    def _check_params(self, params, g: int) -> None:
+        """A new list for param_groups[g]['params']: torch's add_param_group rules."""
+        if not isinstance(params, list) or not all(isinstance(p, torch.Tensor) for p in params):
+            raise TypeError(f"'params' must be a list of Tensors, got {type(params).__name__}")
+        if not all(p.is_leaf for p in params):
+            raise ValueError("'params': can't optimize a non-leaf Tensor")
+        others = {id(p) for i, group in enumerate(self._groups) if i != g for p in group["params"]}
+        if len({id(p) for p in params} - others) != len(params):
+            raise ValueError("'params': some parameters appear in more than one parameter group (or twice)")
 
     def _next_values(self, g: int) -> tuple:
         """The LR and beta1/momentum the next step applies to group g."""
@@ -241,17 +297,23 @@ class _FusedOptimizer(torch.optim.Optimizer):
                                      "step as torch does; pass a float lr to use a schedule")
         self._rebind(schedule)
 
-    def _rebind(self, schedule: Schedule | None, only_group: int | None = None) -> None:
-        """Binds `schedule` to the groups (all, or the new `only_group`) and installs its program everywhere.
-        Everything is checked before anything changes."""
-        bound = self._bind(schedule)
+    def _program(self, schedule: Schedule | None, groups: list, carry: bool = False) -> tuple:
+        """`schedule` bound to `groups` (ours, or the would-be ones), with its host program, checked to fit every
+        device's buffers. With `carry`, the plateau state of the groups that exist is kept."""
+        bound = self._bind(schedule, groups)
         if bound.plateau_offset is not None:  # its state is this optimizer's own: a private program
             bound = Schedule.from_state_dict(bound.state_dict())
-            if only_group is not None and self._bound is not None and self._bound.plateau_offset is not None:
+            if carry and self._bound is not None and self._bound.plateau_offset is not None:
                 self._carry_plateau(bound)  # a new group must not reset the others' plateau state
         ints, vals = bound.program("cpu")
         for b in self._devices.values():
             b.check_program_room(ints, vals)
+        return bound, ints, vals
+
+    def _rebind(self, schedule: Schedule | None, only_group: int | None = None, program: tuple | None = None) -> None:
+        """Binds `schedule` to the groups (all, or the new `only_group`) and installs its program (from _program)
+        everywhere. Everything is checked before anything changes."""
+        bound, ints, vals = program or self._program(schedule, self._groups, carry=only_group is not None)
         has_mom = bool(getattr(bound, "has_momentum", False))
         self._schedule, self._bound, self._lr_ahead = schedule, bound, (0, None, None)
         for g in range(len(self.param_groups)) if only_group is None else [only_group]:
@@ -273,9 +335,10 @@ class _FusedOptimizer(torch.optim.Optimizer):
             self._write_rows(g)
         self._show(self._host_step)
 
-    def _bind(self, schedule: Schedule | None) -> Schedule:
-        """An absolute schedule with one group per param group."""
-        n = len(self.param_groups)
+    def _bind(self, schedule: Schedule | None, groups: list | None = None) -> Schedule:
+        """An absolute schedule with one group per param group (of `groups`: a checkpoint's; default: ours)."""
+        groups = self.param_groups if groups is None else groups
+        n = len(groups)
         if schedule is None:  # a placeholder program: every group takes its host value
             return Schedule([[(0, BASE)]], [0.0] * n, name="constant")
         if schedule.num_groups not in (1, n):
@@ -283,7 +346,7 @@ class _FusedOptimizer(torch.optim.Optimizer):
                              "(a 1-group schedule applies to every group)")
         if getattr(schedule, "relative", False):
             bases = []
-            for g, group in enumerate(self.param_groups):
+            for g, group in enumerate(groups):
                 base = group.get("initial_lr", group["lr"])
                 if isinstance(base, torch.Tensor):
                     raise ValueError(f"schedule: param group {g} has a Tensor lr; pass a float lr to use a schedule")
@@ -434,6 +497,7 @@ class _FusedOptimizer(torch.optim.Optimizer):
             for p in created:  # a rejected step leaves no state behind (the ops checked before writing)
                 self.state.pop(p, None)
             self._plan = (None, None, None, ())
+            self._check_new([(g, p) for c in calls for g, p in zip(c.groups, c.params)])  # its error, in our terms
             raise
         if not torch.compiler.is_compiling():  # host mirrors would make every compiled step recompile
             self._host_step += 1
@@ -444,24 +508,37 @@ class _FusedOptimizer(torch.optim.Optimizer):
         """The per-device op calls for the params that have grads now; rebuilt when that set (or the structure)
         changes, after every param that needs state was checked."""
         key, calls, host_read, _ = self._plan
-        flat = key[2] if key is not None and key[0] == self._structure else [
-            (g, p) for g, group in enumerate(self._groups) for p in group["params"]]
-        has = [p.grad is not None for _, p in flat]
-        if key is not None and key[0] == self._structure and key[1] == has:
+        if not torch.compiler.is_compiling():
+            self._check_containers()
+        params = [p for group in self._groups for p in group["params"]]  # a params list may have been edited
+        has = [p.grad is not None for p in params]
+        if key is not None and key[0] == self._structure and key[1] == has and all(map(operator.is_, key[2], params)):
             return calls, host_read, ()
-        rows = [(g, p) for (g, p), h in zip(flat, has) if h]
+        if len(set(map(id, params))) != len(params):
+            raise ValueError("param_groups: a param appears more than once (in one group's list or in two groups)")
+        rows = [(g, p) for g, group in enumerate(self._groups) for p in group["params"] if p.grad is not None]
         self._check_new(rows)
         capturing = any(b.capturing() for b in self._devices.values())
         created = [p for _, p in rows if not self.state.get(p)]
-        for g, p in rows:
+        for g, p in rows:  # our own writes (dict.__setitem__): no user-edit checks
             self._init_state(g, p, capturing)
+        self._structure += 1
         by_device: dict = {d: [] for d in self._devices}  # every device with a counter steps: they stay in step
         for g, p in rows:
             by_device.setdefault(p.device, []).append((g, p))
         calls = [_DeviceCall(self, self._buffers(d), r) for d, r in by_device.items()]
         host_read = [g for g, group in enumerate(self._groups) if self._reads_on_host(group, g)]
-        self._plan = ((self._structure, has, flat), calls, host_read, created)
+        self._plan = ((self._structure, has, params), calls, host_read, created)
         return calls, host_read, created
+
+    def _check_containers(self) -> None:
+        """param_groups replaced by another list is refused; a new opt.state is adopted (as torch would use it)."""
+        if self.param_groups is not self._groups:
+            raise TypeError("optimizer.param_groups was replaced by another list: add groups with add_param_group "
+                            "and edit a group's keys in place (param_groups[g]['lr'] = ...)")
+        if type(self.state) is not StateDict:
+            self.state = StateDict(self, self.state)
+            self._structure += 1
 
     def _clip_coefficient(self, calls, grad_scale) -> torch.Tensor | None:
         """clip_grad_norm_(params, max_grad_norm, foreach=True)'s norm and coefficient, by torch's own functions (so
@@ -548,7 +625,7 @@ class _FusedOptimizer(torch.optim.Optimizer):
             master = torch.empty_like(p, dtype=torch.float32, memory_format=torch.preserve_format)
             if not capturing:
                 master.copy_(p)
-            state["master_weight"] = master
+            dict.__setitem__(state, "master_weight", master)
 
 
     # --------------------------------------------------------------------------------------- host-side values
@@ -650,15 +727,21 @@ class _AdamBase(_FusedOptimizer):
         state = self.state[p]
         had_state = bool(state)
         if not had_state:
-            state["step"] = self._slot(p)
-            state["exp_avg"] = self._new_state(g, p, capturing)
-            state["exp_avg_sq"] = self._new_state(g, p, capturing)
+            if p in self._step_slots:  # its state was deleted (opt.state.clear(), say): it restarts at step 1
+                if capturing:
+                    raise RuntimeError("the state of params that already stepped was deleted, inside a CUDA graph "
+                                       "capture: run one eager step after the change, then capture")
+                self._step_slots[p].zero_()
+            dict.__setitem__(state, "step", self._slot(p))
+            dict.__setitem__(state, "exp_avg", self._new_state(g, p, capturing))
+            dict.__setitem__(state, "exp_avg_sq", self._new_state(g, p, capturing))
         self._init_master(g, p, capturing)
         if self._groups[g]["amsgrad"] and "max_exp_avg_sq" not in state:
             if capturing and had_state:
                 raise RuntimeError("amsgrad was switched on for params that already have state, inside a CUDA "
                                    "graph capture: run one eager step after the change, then capture")
-            state["max_exp_avg_sq"] = self._new_state(g, p, capturing)  # zeros: a running max from 0, as torch's
+            # zeros: a running max from 0, as torch's
+            dict.__setitem__(state, "max_exp_avg_sq", self._new_state(g, p, capturing))
 
 
 class AdamW(_AdamBase):
@@ -714,5 +797,6 @@ class SGD(_FusedOptimizer):
                     raise RuntimeError("momentum was switched on for params that already stepped, inside a CUDA "
                                        "graph capture: run one eager step after the change, then capture")
                 slot.zero_()
-            state["momentum_buffer"] = self._new_state(g, p, capturing)  # zeros until the kernel initialises it
+            # zeros until the kernel initialises it
+            dict.__setitem__(state, "momentum_buffer", self._new_state(g, p, capturing))
         self._init_master(g, p, capturing)
