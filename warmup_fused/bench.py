@@ -21,6 +21,16 @@ Implementations (``impl`` column):
                        (compile time reported separately). Eager on CPU; on GPU captured in a CUDA graph
                        like the other +graph rows (torch-compiled+graph). Only on the sets where its compile
                        time fits the run (--compile-peer).
+Low precision and clipping (16M in 50 tensors, tiny-mixed, and the GPU 1B set where they fit; eager; each family a
+run of its own; each torch recipe compared with its own ours row, "x /"):
+  ours-bf16            warmup_fused.AdamW on bf16 params (bf16 states)
+  torch-fused-bf16     torch.optim.AdamW(fused=True) on the same bf16 params                       x / ours-bf16
+  ours-bf16+master     the same with master_weights=True (float32 master and states)
+  torch-fused-fp32master  torch.optim.AdamW(fused=True) stepping float32 master copies: the grads upcast into the
+                       masters' grads before, param.copy_(master) after (both foreach)       x / ours-bf16+master
+  ours+clip            fp32, max_grad_norm=MAX_GRAD_NORM (AdamW and SGD)
+  torch-clip+fused     clip_grad_norm_(params, MAX_GRAD_NORM, foreach=True), then X(fused=True)    x / ours+clip
+                       (both clip rows get the drawn grads back before each step, untimed: torch's clip scales them)
 
 Timing: every implementation of one set and optimizer lives side by side; after warmup steps, R rounds
 each time S steps of every implementation, in an order that rotates by one each round, so drift on a
@@ -30,9 +40,10 @@ x-ours: the per-round ratio peer / ours (same mode), median and interquartile ra
 "parity within noise" when that range contains 1.0. A round more than 10x an implementation's median is an
 outlier: listed in the notes, left out of its median and ratios.
 GB/s = bytes the update must move / median (AdamW fp32: 28 B/param = read p,g,m,v + write p,m,v; SGD
-with momentum: 20 B/param = read p,g,buf + write p,buf); %copy = that rate over the device's copy_
-bandwidth measured in the same run (2 x bytes copied / time); bit-equal = whether the peer's params and states
-(exp_avg, exp_avg_sq, max_exp_avg_sq, momentum_buffer) equal ours bit for bit after the same eager steps.
+with momentum: 20 B/param = read p,g,buf + write p,buf; the variants: what their passes move, column B/param,
+listed in the header); %copy = that rate over the device's copy_ bandwidth measured in the same run
+(2 x bytes copied / time); bit-equal = whether the peer's params and states (exp_avg, exp_avg_sq,
+max_exp_avg_sq, momentum_buffer, master_weight) equal its ours row's bit for bit after the same eager steps.
 """
 from __future__ import annotations
 
@@ -283,12 +294,14 @@ def bytes_of(impl: str, kind: str) -> int:
 def bytes_notes(rows) -> list[str]:
     """What the bytes of each row's implementation count, for the implementations present."""
     kinds = list(dict.fromkeys(r["optimizer"] for r in rows))
-    notes = [f"{k} {BYTES_NOTE[k]}" for k in kinds if any(r["impl"] not in VARIANTS for r in rows if r["optimizer"] == k)]
+    notes = [f"{k} {BYTES_NOTE[k]}" for k in kinds
+             if any(r["impl"] not in VARIANTS for r in rows if r["optimizer"] == k)]
+    counted: dict = {}  # implementations that count the same bytes share a note
     for impl in dict.fromkeys(r["impl"] for r in rows if r["impl"] in VARIANTS):
         v = VARIANTS[impl]
         counts = ", ".join(f"{k} {v.bytes[k]}" for k in kinds if k in v.kinds)
-        notes.append(f"{impl} {counts} B/param: {v.counted}")
-    return notes
+        counted.setdefault(f"{counts} B/param: {v.counted}", []).append(impl)
+    return notes + [f"{' and '.join(impls)} {what}" for what, impls in counted.items()]
 
 
 def _writes_grads(impls) -> bool:
@@ -720,7 +733,11 @@ def cmd_bench(args) -> int:
                          "adamw": ADAMW, "sgd": SGD_KW, "compile_peer": args.compile_peer,
                          "schedule": {"kind": "transformers cosine with warmup", "num_warmup_steps": SCHEDULE[0],
                                       "num_training_steps": SCHEDULE[1]},
-                         "bytes_per_param": BYTES_PER_PARAM, "bytes_note": BYTES_NOTE},
+                         "bytes_per_param": BYTES_PER_PARAM, "bytes_note": BYTES_NOTE,
+                         "max_grad_norm": MAX_GRAD_NORM,
+                         "variants": {i: {"base": v.base, "dtype": str(v.dtype), "options": v.options,
+                                          "recipe": v.recipe, "bytes_per_param": v.bytes, "bytes_note": v.counted}
+                                      for i, v in VARIANTS.items()}},
               "copy_bandwidth_gbps": cfg["copy_gbps"], "copy_bytes": cfg["copy_bytes"], "ours_available": have_ours,
               "notes": notes, "results": rows}
     text = render_text(result)
@@ -792,18 +809,26 @@ def table_rows(rows) -> list[list]:
     for r in rows:
         head = [r["set"], r["optimizer"], r["impl"]]
         if "error" in r:
-            out.append(head + ["ERROR"] + ["-"] * 6)
+            out.append(head + ["ERROR"] + ["-"] * 7)
             continue
         bit = {True: "yes", False: "no"}.get(r.get("bit_equal"), "-")
-        if r["impl"] in (OURS, OURS + "+graph"):
+        if base_of(r["impl"]) is None:
             bit = "(ref)"
         ratio = r.get("ratio")
-        out.append(head + [_ms(r["median_s"]), _ms(r["host_cpu_s"]), f"{r['gbps']:.1f}", f"{r['pct_copy']:.0f}%",
-                           _x(ratio) if ratio else "-", ratio["verdict"] if ratio else "-", bit])
+        out.append(head + [_ms(r["median_s"]), _ms(r["host_cpu_s"]), r["bytes_per_param"], f"{r['gbps']:.1f}",
+                           f"{r['pct_copy']:.0f}%", _x(ratio) if ratio else "-", ratio["verdict"] if ratio else "-",
+                           bit])
     return out
 
 
-TABLE_HEADERS = ["set", "opt", "impl", "ms/step", "host ms", "GB/s", "%copy", "x-ours [IQR]", "verdict", "bit-equal"]
+TABLE_HEADERS = ["set", "opt", "impl", "ms/step", "host ms", "B/param", "GB/s", "%copy", "x-ours [IQR]", "verdict",
+                 "bit-equal"]
+
+
+def variant_bases(rows) -> str:
+    """'peer / its ours row' for the variant peers present."""
+    return ", ".join(f"{i} / {VARIANTS[i].base}" for i in dict.fromkeys(r["impl"] for r in rows)
+                     if i in VARIANTS and VARIANTS[i].base)
 
 
 def render_text(result: dict) -> str:
@@ -813,11 +838,15 @@ def render_text(result: dict) -> str:
               f"up to {cfg['rounds']} rounds x {cfg['steps_per_round']} step(s) per implementation, rotating order, "
               f"after {cfg['warmup']} warmup steps; medians over rounds; schedule: transformers cosine with warmup "
               f"({SCHEDULE[0]} warmup / {SCHEDULE[1]} total), base LR {LR}\n"
-              f"bytes moved: AdamW {BYTES_NOTE['AdamW']}; SGD {BYTES_NOTE['SGD']}\n"
+              "bytes moved (B/param, the least each implementation's passes move; GB/s = that / time): "
+              + "; ".join(bytes_notes(result["results"])) + "\n"
               f"copy_ bandwidth ({result['copy_bytes'] / 2**20:.0f} MiB tensor): "
               f"{result['copy_bandwidth_gbps']:.1f} GB/s; 1-minute load at start {env['loadavg_1min_at_start']:.1f}")
-    table = _report.format_table(TABLE_HEADERS, table_rows(result["results"]), align="<<<>>>>><<")
-    footer = (f"x-ours = peer / ours per round, same mode (>1: ours faster), median [q1-q3]; '{PARITY}' when "
+    table = _report.format_table(TABLE_HEADERS, table_rows(result["results"]), align="<<<>>>>>><<")
+    bases = variant_bases(result["results"])
+    footer = ("x-ours = peer / ours per round, same mode (>1: ours faster)"
+              + (f"; low precision and clipping against their own ours row: {bases}" if bases else "")
+              + f", median [q1-q3]; '{PARITY}' when "
               f"[q1-q3] contains 1.00; host ms = process_time per step (all threads); "
               f"bit-equal = peer's params and states == ours bit for bit after the same eager steps")
     return "\n".join([header, "", table, "", footer] + [f"note: {s}" for s in result["notes"]])
@@ -859,7 +888,38 @@ def headline_markdown(result: dict) -> str:
         table.append(line)
     return ("x peer = peer time / ours time per round, median [q1-q3]; > 1: ours faster; 'parity' = within "
             "noise (the range contains 1).\n\n"
-            + _report.markdown_table(headers, table, align="<<" + ">" * (len(headers) - 2)))
+            + _report.markdown_table(headers, table, align="<<" + ">" * (len(headers) - 2))
+            + variant_markdown(rows))
+
+
+def variant_markdown(rows) -> str:
+    """Low precision and clipping: each torch recipe against its own ours row, with both rows' bytes and GB/s
+    and whether they agree bit for bit; '' when no such row ran."""
+    peers = [r for r in rows if r["impl"] in VARIANTS and VARIANTS[r["impl"]].base]
+    if not peers:
+        return ""
+    by = {(r["set"], r["optimizer"], r["impl"]): r for r in rows}
+
+    def side(r):
+        if r is None:
+            return ["-"] * 4
+        if "error" in r:
+            return [r["impl"], "ERROR", "-", "-"]
+        return [r["impl"], _ms(r["median_s"]), r["bytes_per_param"], f"{r['gbps']:.1f}"]
+
+    table = []
+    for r in peers:
+        ours = by.get((r["set"], r["optimizer"], VARIANTS[r["impl"]].base))
+        ratio = r.get("ratio")
+        bit = {True: "yes", False: "no"}.get(r.get("bit_equal"), "-")
+        table.append([r["set"], r["optimizer"]] + side(ours) + side(r)
+                     + [f"{_x(ratio)} {SHORT_VERDICT[ratio['verdict']]}" if ratio else "-", bit])
+    headers = ["set", "opt", "ours", "ms", "B/param", "GB/s", "peer", "ms", "B/param", "GB/s", "x peer", "bit-equal"]
+    counted = bytes_notes([r for r in rows if r["impl"] in VARIANTS])
+    return ("\n\nLow precision and clipping, each torch recipe against its own ours row (x peer as above). "
+            "B/param: the least bytes per param each implementation's passes move; GB/s = that / time.\n\n"
+            + _report.markdown_table(headers, table, align="<<<>>><>>>><")
+            + "\n\n" + "\n".join(f"- {c}" for c in counted))
 
 
 def render_markdown(result: dict, stem: str) -> str:
@@ -891,10 +951,10 @@ def chart(rows, path: str, title: str) -> None:
 
     kinds = [k for k in ("AdamW", "SGD") if any(r["optimizer"] == k for r in rows)]
     sets = list(dict.fromkeys(r["set"] for r in rows))
-    order = impl_names("cuda", True, True)  # every implementation, in one order: stable colors across runs
+    order = impl_names("cuda", True, True) + [COMPILED] + list(VARIANTS)  # every implementation: stable colors
     impls = sorted(dict.fromkeys(r["impl"] for r in rows), key=lambda i: order.index(i) if i in order else len(order))
-    colors = {impl: plt.get_cmap("tab10")(order.index(impl) % 10 if impl in order else 9) for impl in impls}
-    peers = [i for i in impls if i not in (OURS, OURS + "+graph")]
+    colors = {impl: plt.get_cmap("tab20")(order.index(impl) % 20 if impl in order else 19) for impl in impls}
+    peers = [i for i in impls if base_of(i) is not None]
     height = max(3.2, 0.55 * len(sets) * max(1.0, len(impls) / 4))
     fig, axes = plt.subplots(2, len(kinds), figsize=(7.0 * len(kinds), 2 * height + 1.2), squeeze=False,
                              layout="constrained")
@@ -934,7 +994,8 @@ def chart(rows, path: str, title: str) -> None:
         _set_axis(ax_b, sets, step * (len(impls) - 1) / 2)
     handles = [Line2D([], [], color=colors[i], marker="s", ls="", ms=8,
                       markeredgecolor="black" if i.startswith(OURS) else colors[i]) for i in impls]
-    fig.legend(handles, impls, loc="outside lower center",
+    labels = [f"{i} (vs {base_of(i)})" if i in VARIANTS and base_of(i) else i for i in impls]
+    fig.legend(handles, labels, loc="outside lower center",
                ncol=min(6, len(handles)), fontsize=8, frameon=False)
     fig.suptitle(title, fontsize=11)
     fig.savefig(path, dpi=100)
