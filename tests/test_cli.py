@@ -261,8 +261,8 @@ def test_bit_equal_compares_params_and_states():
     from warmup_fused.bench import _bits_equal
 
     def contestant(params, bufs):
-        return SimpleNamespace(params=params, opt=SimpleNamespace(
-            state={p: {"step": torch.tensor(3.0), "momentum_buffer": b} for p, b in zip(params, bufs)}))
+        return SimpleNamespace(params=params, states=lambda: [{"step": torch.tensor(3.0), "momentum_buffer": b}
+                                                              for b in bufs])
 
     ps, bufs = [torch.randn(5), torch.randn(7)], [torch.randn(5), torch.randn(7)]
     a = contestant(ps, bufs)
@@ -279,9 +279,8 @@ def _contestants(impls, kind, shapes=((300,), (7, 5), (1000,))):
     from warmup_fused import bench
 
     gen = torch.Generator().manual_seed(4)
-    dtype = bench.VARIANTS[impls[0]].dtype if impls[0] in bench.VARIANTS else torch.float32
-    ps = [torch.randn(s, generator=gen).to(dtype) for s in shapes]
-    gs = [torch.randn(s, generator=gen).mul_(1e-1).to(dtype) for s in shapes]
+    ps = [torch.randn(s, generator=gen).to(bench._dtype(impls)) for s in shapes]
+    gs = [torch.randn(s, generator=gen).mul_(1e-1).to(bench._dtype(impls)) for s in shapes]
     sched = bench.our_schedule(*bench.SCHEDULE)
     return ps, gs, [bench.Contestant(i, kind, ps, gs, "cpu", sched, bench._writes_grads(impls)) for i in impls]
 

@@ -308,11 +308,15 @@ def _writes_grads(impls) -> bool:
     return any(i in VARIANTS and VARIANTS[i].recipe in GRAD_WRITING_RECIPES for i in impls)
 
 
+def _dtype(impls) -> torch.dtype:
+    """The params' dtype of a run (one family per run)."""
+    return VARIANTS[impls[0]].dtype if impls[0] in VARIANTS else torch.float32
+
+
 def resident_bytes(impls, kind: str) -> int:
     """Bytes per param a run of `impls` holds on the device: the params and grads drawn for it, and per
     implementation its params, states, master copies (and their grads) and own grads."""
-    dtype = VARIANTS[impls[0]].dtype if impls[0] in VARIANTS else torch.float32
-    size, states, own_grads = dtype.itemsize, (2 if kind == "AdamW" else 1), _writes_grads(impls)
+    size, states, own_grads = _dtype(impls).itemsize, (2 if kind == "AdamW" else 1), _writes_grads(impls)
     total = 2 * size
     for impl in impls:
         v = VARIANTS.get(impl)
@@ -510,17 +514,13 @@ STATE_KEYS = ("exp_avg", "exp_avg_sq", "max_exp_avg_sq", "momentum_buffer", "mas
 _INT_OF_SIZE = {2: torch.int16, 4: torch.int32, 8: torch.int64}
 
 
-def _states(c) -> list[dict]:
-    return c.states() if hasattr(c, "states") else [c.opt.state.get(p, {}) for p in c.params]
-
-
 def _bits_equal(a: Contestant, b: Contestant) -> bool:
     """Params and optimizer states (STATE_KEYS both have) equal bit for bit."""
     def same(x, y):
         return (x.dtype == y.dtype and x.shape == y.shape
                 and torch.equal(x.view(_INT_OF_SIZE[x.element_size()]), y.view(_INT_OF_SIZE[y.element_size()])))
 
-    for p, q, sp, sq in zip(a.params, b.params, _states(a), _states(b)):
+    for p, q, sp, sq in zip(a.params, b.params, a.states(), b.states()):
         pairs = [(p, q)] + [(sp[k], sq[k]) for k in STATE_KEYS
                             if torch.is_tensor(sp.get(k)) and torch.is_tensor(sq.get(k))]
         if not all(same(x, y) for x, y in pairs):
@@ -545,7 +545,7 @@ def run_set(name: str, shapes, kind: str, impls: list[str], device: str, cfg: di
 
 
 def _run_set(name, shapes, kind, impls, device, cfg, gen, bar, time_share) -> list[dict]:
-    dtype = VARIANTS[impls[0]].dtype if impls[0] in VARIANTS else torch.float32  # one family per run
+    dtype = _dtype(impls)
     master_p = [torch.randn(s, generator=gen, device=device).to(dtype) for s in shapes]
     master_g = [torch.randn(s, generator=gen, device=device).mul_(1e-2).to(dtype) for s in shapes]
     own_grads = _writes_grads(impls)
