@@ -171,7 +171,7 @@ def test_bench_tiny(tmp_path):
     proc = run_cli("bench", "--sizes", "tiny", "--device", "cpu", "--out", str(tmp_path), "--chart",
                    "--rounds", "3", "--steps", "1", "--warmup", "1", "--threads", "1", "--quiet")
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    for col in ("ms/step", "host ms", "GB/s", "x-ours [IQR]", "verdict", "bit-equal"):
+    for col in ("ms/step", "host ms", "B/param", "GB/s", "x-ours [IQR]", "verdict", "bit-equal"):
         assert col in proc.stdout
     jsons = list(tmp_path.glob("bench-cpu-*-tiny.json"))
     assert len(jsons) == 1
@@ -193,15 +193,51 @@ def test_bench_tiny(tmp_path):
     assert "torch-compiled" not in impls  # --compile-peer auto leaves it out at tiny sizes
     if data["ours_available"]:
         assert {"ours", "ours-constlr"} <= impls
-        for r in (r for r in rows if r["impl"] != "ours"):
+        for r in (r for r in rows if r["base"] is not None):
             assert set(r["ratio"]) >= {"median", "q1", "q3", "rounds", "dropped_rounds", "verdict"}
             assert r["ratio"]["q1"] <= r["ratio"]["median"] <= r["ratio"]["q3"]
             assert r["impl"] == "ours-constlr" or isinstance(r["bit_equal"], bool)
         assert any(n.startswith("host overhead, AdamW on 150 tiny tensors") for n in data["notes"])
+        _check_low_precision_rows(rows, proc.stdout, jsons[0].with_suffix(".md").read_text())
     assert jsons[0].with_suffix(".txt").read_text().count("\n") > 5
     md = jsons[0].with_suffix(".md").read_text()
     assert md.startswith("# warmup_fused bench") and "| tiny-mixed | AdamW |" in md and "## Notes" in md
     assert_png(jsons[0].with_suffix(".png"))
+
+
+# The low-precision and clipping rows (issue 11): impl -> (optimizers, its ours row, B/param per optimizer).
+LOW_PRECISION_ROWS = {
+    "ours-bf16": (("AdamW",), None, {"AdamW": 14}),
+    "ours-bf16+master": (("AdamW",), None, {"AdamW": 28}),
+    "torch-fused-bf16": (("AdamW",), "ours-bf16", {"AdamW": 14}),
+    "torch-fused-fp32master": (("AdamW",), "ours-bf16+master", {"AdamW": 40}),
+    "ours+clip": (("AdamW", "SGD"), None, {"AdamW": 32, "SGD": 24}),
+    "torch-clip+fused": (("AdamW", "SGD"), "ours+clip", {"AdamW": 40, "SGD": 32}),
+}
+BITWISE_REFERENCES = ("torch-fused-fp32master", "torch-clip+fused")  # a torch recipe ours must equal bit for bit
+
+
+def _check_low_precision_rows(rows, text, md):
+    """On tiny-mixed: every row, its bytes, its ratio against its own ours row (recomputed from the rounds), bit
+    equality with the recipes that are bitwise references; the text table and the Markdown show them."""
+    from warmup_fused.bench import ratio_stats
+
+    by = {(r["optimizer"], r["impl"]): r for r in rows if r["set"] == "tiny-mixed"}
+    for impl, (kinds, base, nbytes) in LOW_PRECISION_ROWS.items():
+        for kind in kinds:
+            r = by[(kind, impl)]
+            assert r["base"] == base and r["bytes_per_param"] == nbytes[kind], (kind, impl)
+            assert r["gbps"] == pytest.approx(nbytes[kind] * r["params"] / r["median_s"] / 1e9)
+            assert re.search(rf"^tiny-mixed +{kind} +{re.escape(impl)} +[\d.]+ +[\d.]+ +{nbytes[kind]} ", text, re.M)
+            if base is None:
+                continue
+            assert r["ratio"] == ratio_stats(r["rounds_s"], by[(kind, base)]["rounds_s"]), (kind, impl)
+            if impl in BITWISE_REFERENCES:
+                assert r["bit_equal"] is True, (kind, impl)
+                line = next(x for x in md.splitlines()
+                            if x.startswith(f"| tiny-mixed | {kind} | {base} |") and f"| {impl} |" in x)
+                assert line.endswith("| yes |") and f"| {nbytes[kind]} |" in line
+    assert "torch-fused-fp32master AdamW 40 B/param: upcast g" in md
 
 
 def test_bench_compile_peer(tmp_path):
@@ -225,8 +261,8 @@ def test_bit_equal_compares_params_and_states():
     from warmup_fused.bench import _bits_equal
 
     def contestant(params, bufs):
-        return SimpleNamespace(params=params, opt=SimpleNamespace(
-            state={p: {"step": torch.tensor(3.0), "momentum_buffer": b} for p, b in zip(params, bufs)}))
+        return SimpleNamespace(params=params, states=lambda: [{"step": torch.tensor(3.0), "momentum_buffer": b}
+                                                              for b in bufs])
 
     ps, bufs = [torch.randn(5), torch.randn(7)], [torch.randn(5), torch.randn(7)]
     a = contestant(ps, bufs)
@@ -237,6 +273,73 @@ def test_bit_equal_compares_params_and_states():
     flipped = [p.clone() for p in ps]
     flipped[0][0] = -flipped[0][0]
     assert not _bits_equal(a, contestant(flipped, [b.clone() for b in bufs]))  # a param with the other sign
+
+
+def _contestants(impls, kind, shapes=((300,), (7, 5), (1000,))):
+    from warmup_fused import bench
+
+    gen = torch.Generator().manual_seed(4)
+    ps = [torch.randn(s, generator=gen).to(bench._dtype(impls)) for s in shapes]
+    gs = [torch.randn(s, generator=gen).mul_(1e-1).to(bench._dtype(impls)) for s in shapes]
+    sched = bench.our_schedule(*bench.SCHEDULE)
+    return ps, gs, [bench.Contestant(i, kind, ps, gs, "cpu", sched, bench._writes_grads(impls)) for i in impls]
+
+
+@pytest.mark.parametrize("kind,impls", [("AdamW", ("ours-bf16+master", "torch-fused-fp32master")),
+                                        ("AdamW", ("ours+clip", "torch-clip+fused")),
+                                        ("SGD", ("ours+clip", "torch-clip+fused"))])
+def test_bit_equal_of_the_low_precision_recipes_counts_masters_and_clipped_steps(kind, impls):
+    """The bench's contestants themselves: equal after several steps (the clip run's grads restored before each),
+    the master recipe's float32 copy compared with ours' master (one float32 ulp off is caught although the bf16
+    params agree), and the clip recipe really clipping (its grads scaled in place, restored by before_step)."""
+    from warmup_fused.bench import _bits_equal
+
+    ps, gs, (ours, ref) = _contestants(impls, kind)
+    ours.warm_up(2)
+    ref.warm_up(1)
+    assert not _bits_equal(ours, ref)  # a step apart
+    for _ in range(2):
+        ref.time_round(1)
+    ours.time_round(1)
+    assert _bits_equal(ours, ref)
+    assert all(torch.equal(p.grad, g) for p, g in zip(ours.params, gs))  # ours never writes grads
+    if ref.masters is not None:
+        m = ref.masters[1]
+        m.view(-1)[3] = torch.nextafter(m.view(-1)[3], torch.tensor(math.inf))
+        assert torch.equal(ref.params[1], m.to(torch.bfloat16)) and not _bits_equal(ours, ref)
+    else:
+        assert not all(torch.equal(p.grad, g) for p, g in zip(ref.params, gs))  # clip_grad_norm_ scaled them
+        ref.before_step()
+        assert all(torch.equal(p.grad, g) for p, g in zip(ref.params, gs))
+
+
+@pytest.mark.parametrize("kind", ["AdamW", "SGD"])
+def test_resident_bytes_count_what_the_contestants_hold(kind):
+    """The 1B set's runs are sized by resident_bytes: the drawn params and grads plus each contestant's params,
+    states, master copies and their grads, own grads; counted here from the tensors each contestant holds."""
+    from warmup_fused import bench
+
+    runs = [["ours", "ours-constlr", "torch-fused"]] + bench.variant_runs(kind, True)
+    for impls in runs:
+        ps, gs, cs = _contestants(impls, kind)
+        n = sum(p.numel() for p in ps)
+        for c in cs:
+            c.warm_up(1)
+        seen, held = set(), 0
+        for t in ps + gs + [t for c in cs for t in _held(c)]:
+            if t.data_ptr() not in seen and t.numel() > 1:
+                seen.add(t.data_ptr())
+                held += t.numel() * t.element_size()
+        assert held == n * bench.resident_bytes(impls, kind), impls
+
+
+def _held(c):
+    out = list(c.params) + [p.grad for p in c.params]
+    for m in c.masters or []:
+        out += [m, m.grad]
+    for st in c.states():
+        out += [v for v in st.values() if torch.is_tensor(v)]
+    return out
 
 
 def test_quartiles_inclusive():

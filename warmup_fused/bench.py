@@ -21,6 +21,16 @@ Implementations (``impl`` column):
                        (compile time reported separately). Eager on CPU; on GPU captured in a CUDA graph
                        like the other +graph rows (torch-compiled+graph). Only on the sets where its compile
                        time fits the run (--compile-peer).
+Low precision and clipping (16M in 50 tensors, tiny-mixed, and the GPU 1B set where they fit; eager; each family a
+run of its own; each torch recipe compared with its own ours row, "x /"):
+  ours-bf16            warmup_fused.AdamW on bf16 params (bf16 states)
+  torch-fused-bf16     torch.optim.AdamW(fused=True) on the same bf16 params                       x / ours-bf16
+  ours-bf16+master     the same with master_weights=True (float32 master and states)
+  torch-fused-fp32master  torch.optim.AdamW(fused=True) stepping float32 master copies: the grads upcast into the
+                       masters' grads before, param.copy_(master) after (both foreach)       x / ours-bf16+master
+  ours+clip            fp32, max_grad_norm=MAX_GRAD_NORM (AdamW and SGD)
+  torch-clip+fused     clip_grad_norm_(params, MAX_GRAD_NORM, foreach=True), then X(fused=True)    x / ours+clip
+                       (both clip rows get the drawn grads back before each step, untimed: torch's clip scales them)
 
 Timing: every implementation of one set and optimizer lives side by side; after warmup steps, R rounds
 each time S steps of every implementation, in an order that rotates by one each round, so drift on a
@@ -30,9 +40,10 @@ x-ours: the per-round ratio peer / ours (same mode), median and interquartile ra
 "parity within noise" when that range contains 1.0. A round more than 10x an implementation's median is an
 outlier: listed in the notes, left out of its median and ratios.
 GB/s = bytes the update must move / median (AdamW fp32: 28 B/param = read p,g,m,v + write p,m,v; SGD
-with momentum: 20 B/param = read p,g,buf + write p,buf); %copy = that rate over the device's copy_
-bandwidth measured in the same run (2 x bytes copied / time); bit-equal = whether the peer's params and states
-(exp_avg, exp_avg_sq, max_exp_avg_sq, momentum_buffer) equal ours bit for bit after the same eager steps.
+with momentum: 20 B/param = read p,g,buf + write p,buf; the variants: what their passes move, column B/param,
+listed in the header); %copy = that rate over the device's copy_ bandwidth measured in the same run
+(2 x bytes copied / time); bit-equal = whether the peer's params and states (exp_avg, exp_avg_sq,
+max_exp_avg_sq, momentum_buffer, master_weight) equal its ours row's bit for bit after the same eager steps.
 """
 from __future__ import annotations
 
@@ -45,6 +56,7 @@ import statistics
 import sys
 import time
 import warnings
+from typing import NamedTuple
 
 import torch
 
@@ -56,6 +68,7 @@ SGD_KW = dict(momentum=0.9, weight_decay=0.0)
 BYTES_PER_PARAM = {"AdamW": 28, "SGD": 20}
 BYTES_NOTE = {"AdamW": "28 B/param: read p,g,m,v + write p,m,v (fp32)",
               "SGD": "20 B/param: read p,g,buf + write p,buf (fp32, momentum)"}
+MAX_GRAD_NORM = 1.0  # the clip rows' max_norm: below every set's grad norm (grads ~ 1e-2 N(0, 1)), so they clip
 SCHEDULE = (5, 1000)  # warmup steps, total steps of the cosine schedule
 OUTLIER_FACTOR = 10.0  # a round slower than this x an implementation's median is an outlier
 MIN_ROUNDS = 5  # rounds every set gets, whatever --budget says
@@ -66,6 +79,42 @@ HOST_SET = "150 tiny tensors (host overhead)"
 HEADLINE_SET = "16M in 50 tensors"
 BIG_SET = "1B-fp32 (4x250M)"
 BIG_SET_IMPLS = (OURS, CONST_LR, "torch-fused")  # all impls of a 1B set at once would not fit in 80 GB
+TINY_SET = "tiny-mixed"
+
+
+class Variant(NamedTuple):
+    """A row beyond the fp32 ones (low precision, clipping): ours with an option, or torch's recipe for it."""
+    family: str               # rows that run side by side on the same params and grads: one run per family
+    kinds: tuple              # the optimizers it runs for
+    dtype: torch.dtype        # of the params and grads
+    base: str | None          # the ours row its x-ours and bit-equal compare with; None: it is an ours row
+    options: dict | None      # ours rows: warmup_fused options; torch rows: None
+    recipe: str               # torch rows: what runs around torch.optim.X(fused=True).step() (see Contestant)
+    bytes: dict               # per optimizer: the bytes per param its passes must move at least
+    counted: str              # what `bytes` counts
+
+
+BF16, CLIP = "bf16", "clip"
+_BF16_UPDATE = "read p,g,m,v + write p,m,v, all bf16"
+_CLIP_UPDATE = "the fp32 update (AdamW 28, SGD 20)"
+VARIANTS = {
+    "ours-bf16": Variant(BF16, ("AdamW",), torch.bfloat16, None, {}, "", {"AdamW": 14}, _BF16_UPDATE),
+    "ours-bf16+master": Variant(
+        BF16, ("AdamW",), torch.bfloat16, None, {"master_weights": True}, "", {"AdamW": 28},
+        "read g (bf16) + master,m,v (fp32) + write master,m,v (fp32) + p (bf16)"),
+    "torch-fused-bf16": Variant(BF16, ("AdamW",), torch.bfloat16, "ours-bf16", None, "", {"AdamW": 14}, _BF16_UPDATE),
+    "torch-fused-fp32master": Variant(
+        BF16, ("AdamW",), torch.bfloat16, "ours-bf16+master", None, "master", {"AdamW": 40},
+        "upcast g: read bf16 + write fp32 (6) + the fp32 step: read master,g,m,v + write master,m,v (28) + "
+        "param.copy_(master): read fp32 + write bf16 (6)"),
+    "ours+clip": Variant(CLIP, ("AdamW", "SGD"), torch.float32, None, {"max_grad_norm": MAX_GRAD_NORM}, "",
+                         {"AdamW": 32, "SGD": 24}, "the norm: read g (4) + " + _CLIP_UPDATE),
+    "torch-clip+fused": Variant(
+        CLIP, ("AdamW", "SGD"), torch.float32, "ours+clip", None, "clip", {"AdamW": 40, "SGD": 32},
+        "the norm: read g (4) + the clip: read, write g (8) + " + _CLIP_UPDATE),
+}
+VARIANT_SETS = (BIG_SET, HEADLINE_SET, TINY_SET)
+GRAD_WRITING_RECIPES = ("clip",)  # clip_grad_norm_ scales the grads in place
 
 
 # --------------------------------------------------------------------------- parameter sets
@@ -113,15 +162,10 @@ def param_sets(device: str, sizes: str) -> tuple[list[tuple[str, list]], list[st
     host = (HOST_SET, host_overhead_shapes())
     if sizes == "tiny":
         mixed = [(256, 128), (128,), (64, 3, 3, 3), (64,), (512, 64), (1000,), (33, 7)]
-        return [("tiny-mixed", mixed), host], notes
+        return [(TINY_SET, mixed), host], notes
     sets = []
-    if device == "cuda":
-        need = 1_000_000_000 * 4 * (2 + 3 * len(BIG_SET_IMPLS))  # master p, grads + p,m,v per impl (AdamW)
-        free = torch.cuda.mem_get_info()[0]
-        if free >= need:
-            sets.append((BIG_SET, [(250_000_000,)] * 4))
-        else:
-            notes.append(f"1B set skipped: needs ~{need / 2**30:.0f} GiB free, {free / 2**30:.0f} GiB free")
+    if device == "cuda":  # each of its runs only where it fits (fits_in_memory)
+        sets.append((BIG_SET, [(250_000_000,)] * 4))
     else:
         notes.append("1B set skipped on CPU (GPU only)")
     if device == "cuda" or sizes == "full":
@@ -224,6 +268,64 @@ def impl_names(device: str, have_ours: bool, compiled: bool) -> list[str]:
     return impls
 
 
+def variant_runs(kind: str, have_ours: bool) -> list[list[str]]:
+    """The variant rows of optimizer `kind`, one list per family (each a run of its own), in table order."""
+    runs: dict = {}
+    for impl, v in VARIANTS.items():
+        if kind in v.kinds and (have_ours or v.options is None):
+            runs.setdefault(v.family, []).append(impl)
+    return list(runs.values())
+
+
+def base_of(impl: str) -> str | None:
+    """The ours row an implementation's x-ours and bit-equal compare with; None for an ours reference row."""
+    if impl in VARIANTS:
+        return VARIANTS[impl].base
+    if impl in (OURS, OURS + "+graph"):
+        return None
+    return OURS + "+graph" if impl.endswith("+graph") else OURS
+
+
+def bytes_of(impl: str, kind: str) -> int:
+    """Bytes per param the implementation's passes must move at least (the GB/s column's numerator)."""
+    return VARIANTS[impl].bytes[kind] if impl in VARIANTS else BYTES_PER_PARAM[kind]
+
+
+def bytes_notes(rows) -> list[str]:
+    """What the bytes of each row's implementation count, for the implementations present."""
+    kinds = list(dict.fromkeys(r["optimizer"] for r in rows))
+    notes = [f"{k} {BYTES_NOTE[k]}" for k in kinds
+             if any(r["impl"] not in VARIANTS for r in rows if r["optimizer"] == k)]
+    counted: dict = {}  # implementations that count the same bytes share a note
+    for impl in dict.fromkeys(r["impl"] for r in rows if r["impl"] in VARIANTS):
+        v = VARIANTS[impl]
+        counts = ", ".join(f"{k} {v.bytes[k]}" for k in kinds if k in v.kinds)
+        counted.setdefault(f"{counts} B/param: {v.counted}", []).append(impl)
+    return notes + [f"{' and '.join(impls)} {what}" for what, impls in counted.items()]
+
+
+def _writes_grads(impls) -> bool:
+    return any(i in VARIANTS and VARIANTS[i].recipe in GRAD_WRITING_RECIPES for i in impls)
+
+
+def _dtype(impls) -> torch.dtype:
+    """The params' dtype of a run (one family per run)."""
+    return VARIANTS[impls[0]].dtype if impls[0] in VARIANTS else torch.float32
+
+
+def resident_bytes(impls, kind: str) -> int:
+    """Bytes per param a run of `impls` holds on the device: the params and grads drawn for it, and per
+    implementation its params, states, master copies (and their grads) and own grads."""
+    size, states, own_grads = _dtype(impls).itemsize, (2 if kind == "AdamW" else 1), _writes_grads(impls)
+    total = 2 * size
+    for impl in impls:
+        v = VARIANTS.get(impl)
+        master = v is not None and (v.recipe == "master" or bool((v.options or {}).get("master_weights")))
+        total += size + (4 + 4 * states if master else size * states) + size * own_grads
+        total += 4 if v is not None and v.recipe == "master" else 0  # the masters' fp32 grads
+    return total
+
+
 def _torch_optimizer(kind: str, params, impl: str, device: str):
     cls = torch.optim.AdamW if kind == "AdamW" else torch.optim.SGD
     kw = dict(ADAMW if kind == "AdamW" else SGD_KW)
@@ -246,28 +348,77 @@ def _torch_optimizer(kind: str, params, impl: str, device: str):
 
 
 class Contestant:
-    """One implementation with its own params and state (grads shared: no optimizer here writes them)."""
+    """One implementation with its own params and state. Grads are shared (no optimizer here writes them), except
+    in a run with a recipe that writes them (clip_grad_norm_): there every contestant has its own, given back the
+    drawn values before each step, untimed, as a backward pass would write them.
 
-    def __init__(self, impl: str, kind: str, master_p, master_g, device: str, ours_sched):
+    The variants' torch recipes, around torch.optim.X(fused=True).step():
+      master  the optimizer steps float32 master copies of the params: the grads upcast into the masters' grads
+              (torch._foreach_copy_) before it, param.copy_(master) for every param (foreach) after it
+      clip    torch.nn.utils.clip_grad_norm_(params, MAX_GRAD_NORM, foreach=True) before it"""
+
+    def __init__(self, impl: str, kind: str, master_p, master_g, device: str, ours_sched, own_grads=False):
         import warmup_fused
 
         self.impl, self.kind, self.device = impl, kind, device
         self.graph = impl.endswith("+graph")
         self.params = [p.detach().clone().requires_grad_(True) for p in master_p]
-        for p, g in zip(self.params, master_g):
+        grads = [g.clone() for g in master_g] if own_grads else master_g
+        for p, g in zip(self.params, grads):
             p.grad = g
+        self._drawn_grads = (grads, list(master_g)) if own_grads else None
+        variant = VARIANTS.get(impl)
+        self.masters = None  # the master recipe's float32 copies (its optimizer's params)
         self.sched = None
         if impl.startswith("ours"):
             sched = None if impl.startswith(CONST_LR) else ours_sched
             cls, kw = (warmup_fused.AdamW, ADAMW) if kind == "AdamW" else (warmup_fused.SGD, SGD_KW)
-            self.opt = cls(self.params, lr=LR, schedule=sched, **kw)
+            self.opt = cls(self.params, lr=LR, schedule=sched, **kw, **(variant.options if variant else {}))
         else:
-            self.opt = _torch_optimizer(kind, self.params, impl, device)
+            if variant is not None and variant.recipe == "master":
+                self.masters = [p.detach().float() for p in self.params]
+                for m in self.masters:
+                    m.grad = torch.empty_like(m)
+            self.opt = _torch_optimizer(kind, self.masters or self.params, "torch-fused" if variant else impl, device)
             self.sched = _hf_cosine(self.opt, *SCHEDULE)
-        self._opt_step = torch.compile(self.opt.step) if impl.startswith(COMPILED) else self.opt.step
+        self._opt_step = self._recipe(variant.recipe if variant else "")
         self._replay = None
         self.walls, self.cpus = [], []
         self.warmup_s = 0.0
+
+    def _recipe(self, recipe: str):
+        """The optimizer call a step makes (what a graph row captures)."""
+        if self.impl.startswith(COMPILED):
+            return torch.compile(self.opt.step)
+        if recipe == "master":
+            params, masters, step = self.params, self.masters, self.opt.step
+            grads, master_grads = [p.grad for p in params], [m.grad for m in masters]
+
+            @torch.no_grad()
+            def master_step():
+                torch._foreach_copy_(master_grads, grads)
+                step()
+                torch._foreach_copy_(params, masters)  # param.copy_(master): rounded to nearest
+            return master_step
+        if recipe == "clip":
+            params, step = self.params, self.opt.step
+
+            def clip_step():
+                torch.nn.utils.clip_grad_norm_(params, MAX_GRAD_NORM, foreach=True)
+                step()
+            return clip_step
+        return self.opt.step
+
+    def before_step(self) -> None:
+        """Untimed: a run whose recipe writes the grads gets the drawn ones back, as a backward pass writes them."""
+        if self._drawn_grads is not None:
+            torch._foreach_copy_(*self._drawn_grads)
+
+    def states(self) -> list[dict]:
+        """Per param, its optimizer state; the master recipe's float32 copies as state['master_weight'], as ours."""
+        if self.masters is None:
+            return [self.opt.state.get(p, {}) for p in self.params]
+        return [{**self.opt.state.get(m, {}), "master_weight": m} for m in self.masters]
 
     def step(self):
         if self._replay is not None:
@@ -288,6 +439,7 @@ class Contestant:
                 side.wait_stream(torch.cuda.current_stream())
                 with torch.cuda.stream(side):
                     for _ in range(max(3, steps)):
+                        self.before_step()
                         self.step()
                 torch.cuda.current_stream().wait_stream(side)
                 graph = torch.cuda.CUDAGraph()
@@ -295,30 +447,46 @@ class Contestant:
                     self._opt_step()
                 self._replay = graph.replay
             for _ in range(steps):
+                self.before_step()
                 self.step()
         _sync(self.device)
         self.warmup_s = time.perf_counter() - t0
 
     def time_round(self, steps: int) -> None:
-        """Times `steps` consecutive steps; appends the per-step wall (device) and host CPU time."""
+        """Times `steps` consecutive steps (one at a time, each after its untimed before_step, when the run's
+        recipe writes grads); appends the per-step wall (device) and host CPU time."""
         cuda = self.device == "cuda"
-        if cuda:
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-        wall0, cpu0 = time.perf_counter(), time.process_time()
+        spans = [1] * steps if self._drawn_grads is not None else [steps]
+        wall = cpu = 0.0
+        events = []
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            for _ in range(steps):
-                self.step()
-        cpu = time.process_time() - cpu0  # before any sync: the host's own work
+            for n in spans:
+                self.before_step()
+                if cuda:
+                    events.append((torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)))
+                    events[-1][0].record()
+                wall0, cpu0 = time.perf_counter(), time.process_time()
+                for _ in range(n):
+                    self.step()
+                cpu += time.process_time() - cpu0  # before any sync: the host's own work
+                if cuda:
+                    events[-1][1].record()
+                else:
+                    wall += time.perf_counter() - wall0
         if cuda:
-            end.record()
-            end.synchronize()
-            wall = start.elapsed_time(end) / 1e3
-        else:
-            wall = time.perf_counter() - wall0
+            events[-1][1].synchronize()
+            wall = sum(start.elapsed_time(end) for start, end in events) / 1e3
         self.walls.append(wall / steps)
         self.cpus.append(cpu / steps)
+
+
+def fits_in_memory(shapes, impls, kind: str, device: str) -> str:
+    """'' when a run of `impls` fits in the device's free memory (always on CPU), else why not."""
+    if device != "cuda":
+        return ""
+    need, free = numel(shapes) * resident_bytes(impls, kind), torch.cuda.mem_get_info()[0]
+    return "" if need <= free else f"needs ~{need / 2**30:.0f} GiB free, {free / 2**30:.0f} GiB free"
 
 
 def _sync(device):
@@ -341,16 +509,18 @@ def copy_bandwidth(device: str, nbytes: int) -> float:
     return 2 * nbytes / min(times[2:]) / 1e9  # best of 6: a ceiling, robust to a busy host
 
 
-STATE_KEYS = ("exp_avg", "exp_avg_sq", "max_exp_avg_sq", "momentum_buffer")  # torch's layout, which ours keeps
+# torch's layout, which ours keeps; master_weight: ours' float32 master, the master recipe's float32 copy
+STATE_KEYS = ("exp_avg", "exp_avg_sq", "max_exp_avg_sq", "momentum_buffer", "master_weight")
+_INT_OF_SIZE = {2: torch.int16, 4: torch.int32, 8: torch.int64}
 
 
 def _bits_equal(a: Contestant, b: Contestant) -> bool:
     """Params and optimizer states (STATE_KEYS both have) equal bit for bit."""
     def same(x, y):
-        return x.dtype == y.dtype and x.shape == y.shape and torch.equal(x.view(torch.int32), y.view(torch.int32))
+        return (x.dtype == y.dtype and x.shape == y.shape
+                and torch.equal(x.view(_INT_OF_SIZE[x.element_size()]), y.view(_INT_OF_SIZE[y.element_size()])))
 
-    for p, q in zip(a.params, b.params):
-        sp, sq = a.opt.state.get(p, {}), b.opt.state.get(q, {})
+    for p, q, sp, sq in zip(a.params, b.params, a.states(), b.states()):
         pairs = [(p, q)] + [(sp[k], sq[k]) for k in STATE_KEYS
                             if torch.is_tensor(sp.get(k)) and torch.is_tensor(sq.get(k))]
         if not all(same(x, y) for x, y in pairs):
@@ -375,8 +545,10 @@ def run_set(name: str, shapes, kind: str, impls: list[str], device: str, cfg: di
 
 
 def _run_set(name, shapes, kind, impls, device, cfg, gen, bar, time_share) -> list[dict]:
-    master_p = [torch.randn(s, generator=gen, device=device) for s in shapes]
-    master_g = [torch.randn(s, generator=gen, device=device).mul_(1e-2) for s in shapes]
+    dtype = _dtype(impls)
+    master_p = [torch.randn(s, generator=gen, device=device).to(dtype) for s in shapes]
+    master_g = [torch.randn(s, generator=gen, device=device).mul_(1e-2).to(dtype) for s in shapes]
+    own_grads = _writes_grads(impls)
     n = numel(shapes)
     rows, live = {}, []
     for impl in impls:
@@ -384,7 +556,7 @@ def _run_set(name, shapes, kind, impls, device, cfg, gen, bar, time_share) -> li
                       "mode": "graph" if impl.endswith("+graph") else "eager"}
         bar.set_postfix_str(f"{name[:18]} {kind} {impl}: warm-up")
         try:
-            c = Contestant(impl, kind, master_p, master_g, device, cfg["ours_sched"])
+            c = Contestant(impl, kind, master_p, master_g, device, cfg["ours_sched"], own_grads)
             c.warm_up(cfg["warmup"])
             live.append(c)
         except Exception as exc:  # reported as an ERROR row; the others still run
@@ -415,13 +587,13 @@ def _run_set(name, shapes, kind, impls, device, cfg, gen, bar, time_share) -> li
                    median_s=med, host_cpu_s=robust_median(c.cpus),
                    outlier_rounds=[{"round": i, "s": c.walls[i], "x_median": c.walls[i] / statistics.median(c.walls)}
                                    for i in outlier_rounds(c.walls)],
-                   warmup_s=c.warmup_s, bytes_per_param=BYTES_PER_PARAM[kind],
-                   gbps=BYTES_PER_PARAM[kind] * n / med / 1e9)
+                   warmup_s=c.warmup_s, bytes_per_param=bytes_of(c.impl, kind),
+                   gbps=bytes_of(c.impl, kind) * n / med / 1e9, base=base_of(c.impl))
         row["pct_copy"] = 100.0 * row["gbps"] / cfg["copy_gbps"]
         if c.impl.startswith(COMPILED):  # warm-up time beyond that many ordinary steps: the compile
             row["compile_s"] = max(0.0, c.warmup_s - cfg["warmup"] * med)
-        ours = by_impl.get(OURS + ("+graph" if c.graph else ""))
-        if ours is not None and ours is not c:
+        ours = by_impl.get(row["base"])
+        if ours is not None:
             row["ratio"] = ratio_stats(c.walls, ours.walls)
             row["host_ratio"] = ratio_stats(c.cpus, ours.cpus)
             if not c.graph and not c.impl.startswith(CONST_LR):  # same number of eager steps from the same start
@@ -510,10 +682,20 @@ def cmd_bench(args) -> int:
     # On CPU at default sizes the for-loop and foreach peers, 3-15x slower than the rest, run on the headline
     # and host-overhead sets only: elsewhere they would take most of the run and decide nothing.
     lean = device == "cpu" and args.sizes == "default"
-    plan = [(name, shapes, kind, [i for i in impl_names(device, have_ours, name in compiled)
-                                  if (name != BIG_SET or i in BIG_SET_IMPLS)
-                                  and not (lean and i in SLOW_PEERS and name not in (HEADLINE_SET, HOST_SET))])
-            for name, shapes in sets for kind in kinds]
+    plan = []
+    for name, shapes in sets:
+        for kind in kinds:
+            runs = [[i for i in impl_names(device, have_ours, name in compiled)
+                     if (name != BIG_SET or i in BIG_SET_IMPLS)
+                     and not (lean and i in SLOW_PEERS and name not in (HEADLINE_SET, HOST_SET))]]
+            if name in VARIANT_SETS:  # low precision and clipping: a run per family, after the fp32 one
+                runs += variant_runs(kind, have_ours)
+            for impls in runs:
+                room = fits_in_memory(shapes, impls, kind, device)
+                if room:
+                    notes.append(f"{name} {kind} {', '.join(impls)} skipped: {room}")
+                else:
+                    plan.append((name, shapes, kind, impls))
     if lean:
         notes.append(f"{' and '.join(SLOW_PEERS)} run on {HEADLINE_SET} and {HOST_SET} only on CPU at "
                      "--sizes default (they are the slowest peers); --sizes full runs them everywhere")
@@ -551,7 +733,11 @@ def cmd_bench(args) -> int:
                          "adamw": ADAMW, "sgd": SGD_KW, "compile_peer": args.compile_peer,
                          "schedule": {"kind": "transformers cosine with warmup", "num_warmup_steps": SCHEDULE[0],
                                       "num_training_steps": SCHEDULE[1]},
-                         "bytes_per_param": BYTES_PER_PARAM, "bytes_note": BYTES_NOTE},
+                         "bytes_per_param": BYTES_PER_PARAM, "bytes_note": BYTES_NOTE,
+                         "max_grad_norm": MAX_GRAD_NORM,
+                         "variants": {i: {"base": v.base, "dtype": str(v.dtype), "options": v.options,
+                                          "recipe": v.recipe, "bytes_per_param": v.bytes, "bytes_note": v.counted}
+                                      for i, v in VARIANTS.items()}},
               "copy_bandwidth_gbps": cfg["copy_gbps"], "copy_bytes": cfg["copy_bytes"], "ours_available": have_ours,
               "notes": notes, "results": rows}
     text = render_text(result)
@@ -623,18 +809,26 @@ def table_rows(rows) -> list[list]:
     for r in rows:
         head = [r["set"], r["optimizer"], r["impl"]]
         if "error" in r:
-            out.append(head + ["ERROR"] + ["-"] * 6)
+            out.append(head + ["ERROR"] + ["-"] * 7)
             continue
         bit = {True: "yes", False: "no"}.get(r.get("bit_equal"), "-")
-        if r["impl"] in (OURS, OURS + "+graph"):
+        if base_of(r["impl"]) is None:
             bit = "(ref)"
         ratio = r.get("ratio")
-        out.append(head + [_ms(r["median_s"]), _ms(r["host_cpu_s"]), f"{r['gbps']:.1f}", f"{r['pct_copy']:.0f}%",
-                           _x(ratio) if ratio else "-", ratio["verdict"] if ratio else "-", bit])
+        out.append(head + [_ms(r["median_s"]), _ms(r["host_cpu_s"]), r["bytes_per_param"], f"{r['gbps']:.1f}",
+                           f"{r['pct_copy']:.0f}%", _x(ratio) if ratio else "-", ratio["verdict"] if ratio else "-",
+                           bit])
     return out
 
 
-TABLE_HEADERS = ["set", "opt", "impl", "ms/step", "host ms", "GB/s", "%copy", "x-ours [IQR]", "verdict", "bit-equal"]
+TABLE_HEADERS = ["set", "opt", "impl", "ms/step", "host ms", "B/param", "GB/s", "%copy", "x-ours [IQR]", "verdict",
+                 "bit-equal"]
+
+
+def variant_bases(rows) -> str:
+    """'peer / its ours row' for the variant peers present."""
+    return ", ".join(f"{i} / {VARIANTS[i].base}" for i in dict.fromkeys(r["impl"] for r in rows)
+                     if i in VARIANTS and VARIANTS[i].base)
 
 
 def render_text(result: dict) -> str:
@@ -644,11 +838,15 @@ def render_text(result: dict) -> str:
               f"up to {cfg['rounds']} rounds x {cfg['steps_per_round']} step(s) per implementation, rotating order, "
               f"after {cfg['warmup']} warmup steps; medians over rounds; schedule: transformers cosine with warmup "
               f"({SCHEDULE[0]} warmup / {SCHEDULE[1]} total), base LR {LR}\n"
-              f"bytes moved: AdamW {BYTES_NOTE['AdamW']}; SGD {BYTES_NOTE['SGD']}\n"
+              "bytes moved (B/param, the least each implementation's passes move; GB/s = that / time): "
+              + "; ".join(bytes_notes(result["results"])) + "\n"
               f"copy_ bandwidth ({result['copy_bytes'] / 2**20:.0f} MiB tensor): "
               f"{result['copy_bandwidth_gbps']:.1f} GB/s; 1-minute load at start {env['loadavg_1min_at_start']:.1f}")
-    table = _report.format_table(TABLE_HEADERS, table_rows(result["results"]), align="<<<>>>>><<")
-    footer = (f"x-ours = peer / ours per round, same mode (>1: ours faster), median [q1-q3]; '{PARITY}' when "
+    table = _report.format_table(TABLE_HEADERS, table_rows(result["results"]), align="<<<>>>>>><<")
+    bases = variant_bases(result["results"])
+    footer = ("x-ours = peer / ours per round, same mode (>1: ours faster)"
+              + (f"; low precision and clipping against their own ours row: {bases}" if bases else "")
+              + f", median [q1-q3]; '{PARITY}' when "
               f"[q1-q3] contains 1.00; host ms = process_time per step (all threads); "
               f"bit-equal = peer's params and states == ours bit for bit after the same eager steps")
     return "\n".join([header, "", table, "", footer] + [f"note: {s}" for s in result["notes"]])
@@ -690,7 +888,38 @@ def headline_markdown(result: dict) -> str:
         table.append(line)
     return ("x peer = peer time / ours time per round, median [q1-q3]; > 1: ours faster; 'parity' = within "
             "noise (the range contains 1).\n\n"
-            + _report.markdown_table(headers, table, align="<<" + ">" * (len(headers) - 2)))
+            + _report.markdown_table(headers, table, align="<<" + ">" * (len(headers) - 2))
+            + variant_markdown(rows))
+
+
+def variant_markdown(rows) -> str:
+    """Low precision and clipping: each torch recipe against its own ours row, with both rows' bytes and GB/s
+    and whether they agree bit for bit; '' when no such row ran."""
+    peers = [r for r in rows if r["impl"] in VARIANTS and VARIANTS[r["impl"]].base]
+    if not peers:
+        return ""
+    by = {(r["set"], r["optimizer"], r["impl"]): r for r in rows}
+
+    def side(r):
+        if r is None:
+            return ["-"] * 4
+        if "error" in r:
+            return [r["impl"], "ERROR", "-", "-"]
+        return [r["impl"], _ms(r["median_s"]), r["bytes_per_param"], f"{r['gbps']:.1f}"]
+
+    table = []
+    for r in peers:
+        ours = by.get((r["set"], r["optimizer"], VARIANTS[r["impl"]].base))
+        ratio = r.get("ratio")
+        bit = {True: "yes", False: "no"}.get(r.get("bit_equal"), "-")
+        table.append([r["set"], r["optimizer"]] + side(ours) + side(r)
+                     + [f"{_x(ratio)} {SHORT_VERDICT[ratio['verdict']]}" if ratio else "-", bit])
+    headers = ["set", "opt", "ours", "ms", "B/param", "GB/s", "peer", "ms", "B/param", "GB/s", "x peer", "bit-equal"]
+    counted = bytes_notes([r for r in rows if r["impl"] in VARIANTS])
+    return ("\n\nLow precision and clipping, each torch recipe against its own ours row (x peer as above). "
+            "B/param: the least bytes per param each implementation's passes move; GB/s = that / time.\n\n"
+            + _report.markdown_table(headers, table, align="<<<>>><>>>><")
+            + "\n\n" + "\n".join(f"- {c}" for c in counted))
 
 
 def render_markdown(result: dict, stem: str) -> str:
@@ -722,10 +951,10 @@ def chart(rows, path: str, title: str) -> None:
 
     kinds = [k for k in ("AdamW", "SGD") if any(r["optimizer"] == k for r in rows)]
     sets = list(dict.fromkeys(r["set"] for r in rows))
-    order = impl_names("cuda", True, True)  # every implementation, in one order: stable colors across runs
+    order = impl_names("cuda", True, True) + [COMPILED] + list(VARIANTS)  # every implementation: stable colors
     impls = sorted(dict.fromkeys(r["impl"] for r in rows), key=lambda i: order.index(i) if i in order else len(order))
-    colors = {impl: plt.get_cmap("tab10")(order.index(impl) % 10 if impl in order else 9) for impl in impls}
-    peers = [i for i in impls if i not in (OURS, OURS + "+graph")]
+    colors = {impl: plt.get_cmap("tab20")(order.index(impl) % 20 if impl in order else 19) for impl in impls}
+    peers = [i for i in impls if base_of(i) is not None]
     height = max(3.2, 0.55 * len(sets) * max(1.0, len(impls) / 4))
     fig, axes = plt.subplots(2, len(kinds), figsize=(7.0 * len(kinds), 2 * height + 1.2), squeeze=False,
                              layout="constrained")
@@ -765,7 +994,8 @@ def chart(rows, path: str, title: str) -> None:
         _set_axis(ax_b, sets, step * (len(impls) - 1) / 2)
     handles = [Line2D([], [], color=colors[i], marker="s", ls="", ms=8,
                       markeredgecolor="black" if i.startswith(OURS) else colors[i]) for i in impls]
-    fig.legend(handles, impls, loc="outside lower center",
+    labels = [f"{i} (vs {base_of(i)})" if i in VARIANTS and base_of(i) else i for i in impls]
+    fig.legend(handles, labels, loc="outside lower center",
                ncol=min(6, len(handles)), fontsize=8, frameon=False)
     fig.suptitle(title, fontsize=11)
     fig.savefig(path, dpi=100)
