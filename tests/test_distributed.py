@@ -1,0 +1,266 @@
+"""Distributed training: DDP, FSDP2 (``fully_shard``: DTensor params), tensor-parallel DTensors, and distributed
+checkpoints (``torch.distributed.checkpoint``), in 2-process groups: gloo on CPU, NCCL when two GPUs are present.
+
+Every comparison is ``torch.equal`` at every step. FSDP2 runs are compared with DDP runs of torch's fused
+optimizers plus the torch scheduler: with 2 ranks both average grads identically (a / 2 + b / 2 == (a + b) / 2
+exactly), so sharding must change no bit. Tensor-parallel runs are compared with torch's fused optimizers on the
+full tensors (the update is elementwise). Checkpoint round trips resume bit-identically to an uninterrupted run.
+
+One caveat on CPU: torch's fused CPU kernels (and ours, which mirror them) run a tensor's last numel % 8 float32
+elements through a scalar tail that rounds differently from the vector loop, so an element's bits depend on where
+it falls in the tensor the kernel is given. Comparisons of shards with full tensors therefore use ALIGNED shapes:
+rank 0's shard is a multiple of 8 elements, so every element takes the same loop as in the full tensor (and the
+full tensors still have ragged tails). Comparisons shard against shard (ours vs torch's fused AdamW, both under
+FSDP2) use RAGGED shapes, with uneven and empty shards. On CUDA every element takes the same path.
+
+The workers are started once per backend (a module fixture) and run the jobs the tests send them; a worker's
+exception comes back with its traceback and fails the test, and every wait has a timeout.
+"""
+from __future__ import annotations
+
+import copy
+import datetime
+import os
+import queue
+import socket
+import traceback
+
+import pytest
+import torch
+import torch.distributed as dist
+from torch.optim import lr_scheduler as lrs
+
+import warmup_fused
+from warmup_fused import from_torch
+
+JOB_TIMEOUT = 120  # seconds a job may take on every rank
+STEPS = 12
+CASES = {  # weight decay everywhere, so a dropped hyperparameter shows
+    "AdamW": ("AdamW", dict(lr=1e-2, betas=(0.9, 0.99), weight_decay=0.1)),
+    "Adam-amsgrad": ("Adam", dict(lr=1e-2, betas=(0.9, 0.99), weight_decay=0.01, amsgrad=True)),
+    "SGD-nesterov": ("SGD", dict(lr=0.1, momentum=0.9, nesterov=True, weight_decay=1e-3)),
+    "SGD-plain": ("SGD", dict(lr=0.1, weight_decay=1e-3)),  # no per-param state at all
+}
+
+
+# ------------------------------------------------------------------------------------------------- workers
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _serve(rank: int, world: int, port: int, backend: str, jobs, results) -> None:
+    """A worker: joins the process group, then runs jobs (a function of this module by name) until told to stop."""
+    torch.set_num_threads(1)
+    if backend == "nccl":
+        torch.cuda.set_device(rank)
+    try:
+        dist.init_process_group(backend, init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world,
+                                timeout=datetime.timedelta(seconds=JOB_TIMEOUT))
+    except Exception:
+        results.put((rank, traceback.format_exc(), None))
+        return
+    device = torch.device("cuda", rank) if backend == "nccl" else torch.device("cpu")
+    while True:
+        item = jobs.get()
+        if item is None:
+            break
+        name, args = item
+        try:
+            results.put((rank, None, globals()[name](rank, world, device, *args)))
+        except Exception:
+            results.put((rank, traceback.format_exc(), None))
+    dist.destroy_process_group()
+
+
+class _Workers:
+    """`world` spawned processes in one process group, running the jobs they are sent."""
+
+    def __init__(self, backend: str, world: int):
+        ctx = torch.multiprocessing.get_context("spawn")
+        port = _free_port()
+        self.backend, self.world = backend, world
+        self.jobs = [ctx.Queue() for _ in range(world)]
+        self.results = ctx.Queue()
+        self.procs = [ctx.Process(target=_serve, args=(r, world, port, backend, self.jobs[r], self.results),
+                                  daemon=True) for r in range(world)]
+        for p in self.procs:
+            p.start()
+
+    def run(self, job, *args):
+        """Runs job(rank, world, device, *args) on every rank; returns the ranks' results or fails the test."""
+        for q in self.jobs:
+            q.put((job.__name__, args))
+        out, errors = {}, []
+        for _ in range(self.world):
+            try:
+                rank, error, value = self.results.get(timeout=JOB_TIMEOUT)
+            except queue.Empty:
+                self.close()
+                pytest.fail(f"{job.__name__}{args}: no answer from every rank within {JOB_TIMEOUT} s "
+                            f"(answered: {sorted(out)}){''.join(errors)}")
+            if error is not None:
+                errors.append(f"\n--- rank {rank} ---\n{error}")
+                self.close()  # the other ranks may wait in a collective forever: the group is not reused
+                pytest.fail(f"{job.__name__}{args} failed:{''.join(errors)}")
+            out[rank] = value
+        return [out[r] for r in range(self.world)]
+
+    @property
+    def alive(self) -> bool:
+        return all(p.is_alive() for p in self.procs)
+
+    def close(self) -> None:
+        for q in self.jobs:
+            q.put(None)
+        for p in self.procs:
+            p.join(timeout=10)
+            if p.is_alive():
+                p.kill()
+                p.join(timeout=10)
+
+
+def _gpus() -> int:
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+_pools: dict = {}
+
+
+@pytest.fixture(scope="module", params=["gloo", pytest.param("nccl", marks=[
+    pytest.mark.cuda, pytest.mark.skipif(_gpus() < 2, reason="NCCL runs need two GPUs (one rank per GPU)")])])
+def workers(request):
+    """Two ranks: gloo on CPU, or NCCL on two GPUs. A group that failed a job is replaced for the next test."""
+    backend = request.param
+
+    def get() -> _Workers:
+        pool = _pools.get(backend)
+        if pool is None or not pool.alive:
+            pool = _pools[backend] = _Workers(backend, 2)
+        return pool
+
+    yield get
+    pool = _pools.pop(backend, None)
+    if pool is not None:
+        pool.close()
+
+
+# ---------------------------------------------------------------------------------------- models and runs
+ALIGNED = (15, 31)  # rank 0's Shard(0) of every param is a multiple of 8 elements; no full tensor is
+RAGGED = (37, 5)  # uneven shards of any length
+
+
+class MLP(torch.nn.Module):
+    """No param a multiple of the vector width; l3 has one row, so FSDP2 leaves rank 1 empty shards of it."""
+
+    def __init__(self, widths=ALIGNED):
+        super().__init__()
+        self.l1 = torch.nn.Linear(13, widths[0])
+        self.norm = torch.nn.LayerNorm(widths[0])
+        self.l2 = torch.nn.Linear(widths[0], widths[1])
+        self.l3 = torch.nn.Linear(widths[1], 1)
+
+    def forward(self, x):
+        return self.l3(torch.tanh(self.l2(torch.tanh(self.norm(self.l1(x))))))
+
+
+def _groups(model: MLP, lr: float) -> list:
+    """Two param groups with different LRs."""
+    return [{"params": [*model.l1.parameters(), *model.norm.parameters()]},
+            {"params": [*model.l2.parameters(), *model.l3.parameters()], "lr": lr * 0.3}]
+
+
+def _warmup_cosine(opt):
+    return lrs.SequentialLR(opt, [lrs.LinearLR(opt, 0.01, 1.0, 4), lrs.CosineAnnealingLR(opt, STEPS - 4, 1e-5)],
+                            milestones=[4])
+
+
+def _torch_opt(case: str, model: MLP):
+    name, kw = CASES[case]
+    return getattr(torch.optim, name)(_groups(model, kw["lr"]), fused=True, **kw)
+
+
+def _ours(case: str, model: MLP, **extra):
+    """Our optimizer on the device schedule converted from the torch scheduler the reference runs use."""
+    name, kw = CASES[case]
+    schedule = from_torch(_warmup_cosine(_torch_opt(case, MLP())), horizon=STEPS + 1)
+    return getattr(warmup_fused, name)(_groups(model, kw["lr"]), schedule=schedule, **kw, **extra)
+
+
+def _model(device, seed: int = 0, widths=ALIGNED) -> MLP:
+    torch.manual_seed(seed)
+    return MLP(widths).to(device)
+
+
+def _fsdp(model: MLP) -> MLP:
+    from torch.distributed.fsdp import fully_shard
+
+    for m in (model.l1, model.norm, model.l2, model.l3):
+        fully_shard(m)
+    return fully_shard(model)
+
+
+def _ddp(model: MLP, device):
+    from torch.nn.parallel import DistributedDataParallel
+
+    return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+
+
+def _batch(rank: int, t: int, device):
+    """Each rank its own fresh batch at every step."""
+    g = torch.Generator().manual_seed(1000 * t + rank)
+    return torch.randn(8, 13, generator=g).to(device), torch.randn(8, 1, generator=g).to(device)
+
+
+def _train_step(model, opt, rank: int, t: int, device) -> None:
+    x, y = _batch(rank, t, device)
+    opt.zero_grad(set_to_none=True)
+    torch.nn.functional.mse_loss(model(x), y).backward()
+    opt.step()
+
+
+def _full(t: torch.Tensor) -> torch.Tensor:
+    return t.full_tensor() if hasattr(t, "full_tensor") else t
+
+
+def _assert_same(model, opt, ref_model, ref_opt, where: str) -> None:
+    """Params and every state of ours (gathered from the shards) equal to the reference's."""
+    for (name, p), q in zip(model.named_parameters(), ref_model.parameters()):
+        assert torch.equal(_full(p.detach()), q.detach()), f"{where}: param {name}"
+        mine, ref = opt.state[p], ref_opt.state[q]
+        assert set(mine) == set(ref), f"{where}: {name} state keys {sorted(mine)} vs {sorted(ref)}"
+        for k, v in ref.items():
+            # states laid out as their param (DTensors with its placements); 'step' a plain scalar, as torch's
+            placements = getattr(p, "placements", None) if k != "step" else None
+            assert getattr(mine[k], "placements", None) == placements, f"{where}: {name} state {k} placements"
+            assert mine[k].dtype == v.dtype and torch.equal(_full(mine[k]), _full(v)), f"{where}: {name} state {k}"
+
+
+def _shown_lrs(opt) -> list:
+    return [float(g["lr"]) for g in opt.param_groups]
+
+
+# ----------------------------------------------------------------------------------------------- jobs
+def job_fsdp2_vs_ddp_torch_fused(rank, world, device, case):
+    """FSDP2 + ours + from_torch(scheduler) against DDP + torch fused + the scheduler, at every step."""
+    base = _model(device)
+    ref_model = _ddp(copy.deepcopy(base), device)
+    model = _fsdp(copy.deepcopy(base))
+    ref = _torch_opt(case, ref_model.module)
+    sched = _warmup_cosine(ref)
+    ours = _ours(case, model)
+    for t in range(STEPS):
+        used = _shown_lrs(ref)
+        assert _shown_lrs(ours) == used, f"step {t}: param_groups show {_shown_lrs(ours)}, torch's {used}"
+        _train_step(ref_model, ref, rank, t, device)
+        _train_step(model, ours, rank, t, device)
+        sched.step()
+        assert ours.last_lr().tolist() == used, f"step {t}: LRs used"
+        _assert_same(model, ours, ref_model.module, ref, f"rank {rank} step {t}")
+
+
+# ---------------------------------------------------------------------------------------------- tests
+@pytest.mark.parametrize("case", CASES)
+def test_fsdp2_matches_ddp_with_torch_fused(workers, case):
+    workers().run(job_fsdp2_vs_ddp_torch_fused, case)
