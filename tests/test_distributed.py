@@ -224,6 +224,10 @@ def _full(t: torch.Tensor) -> torch.Tensor:
     return t.full_tensor() if hasattr(t, "full_tensor") else t
 
 
+def _local(t: torch.Tensor) -> torch.Tensor:
+    return t.to_local() if hasattr(t, "to_local") else t
+
+
 def _assert_same(model, opt, ref_model, ref_opt, where: str) -> None:
     """Params and every state of ours (gathered from the shards) equal to the reference's."""
     for (name, p), q in zip(model.named_parameters(), ref_model.parameters()):
@@ -260,7 +264,96 @@ def job_fsdp2_vs_ddp_torch_fused(rank, world, device, case):
         _assert_same(model, ours, ref_model.module, ref, f"rank {rank} step {t}")
 
 
+
+def job_fsdp2_vs_torch_fused_adamw_fsdp2(rank, world, device, variant):
+    """Ours and torch's fused AdamW on twin FSDP2 models with ragged (uneven, empty) shards: every local shard and
+    state equal at every step; variants: clip_grad_norm_ (ours: max_grad_norm), a GradScaler."""
+    base = _model(device, widths=RAGGED)
+    ref_model, model = _fsdp(copy.deepcopy(base)), _fsdp(copy.deepcopy(base))
+    name, kw = CASES["AdamW"]
+    ref = torch.optim.AdamW(_groups(ref_model, kw["lr"]), fused=True, **kw)
+    ours = warmup_fused.AdamW(_groups(model, kw["lr"]), max_grad_norm=0.05 if variant == "clip" else None, **kw)
+    scalers = [torch.amp.GradScaler(device.type, init_scale=2.0**10) for _ in range(2)] if variant == "scaler" else None
+    for t in range(STEPS):
+        x, y = _batch(rank, t, device)
+        for i, (m, o) in enumerate(((ref_model, ref), (model, ours))):
+            o.zero_grad(set_to_none=True)
+            loss = torch.nn.functional.mse_loss(m(x), y)
+            if scalers:
+                scalers[i].scale(loss).backward()
+                scalers[i].step(o)
+                scalers[i].update()
+                continue
+            loss.backward()
+            if variant == "clip" and o is ref:
+                norm = torch.nn.utils.clip_grad_norm_(m.parameters(), 0.05, foreach=True)
+            o.step()
+        if variant == "clip":
+            assert torch.equal(ours.last_grad_norm(), norm.full_tensor()), f"step {t}: grad norm"
+        for (pname, p), q in zip(model.named_parameters(), ref_model.parameters()):
+            assert p.placements == q.placements and torch.equal(p.to_local(), q.to_local()), f"step {t}: {pname}"
+            for k, v in ref.state[q].items():
+                mine = ours.state[p][k]
+                assert torch.equal(_local(mine), _local(v)), f"rank {rank} step {t}: {pname} state {k}"
+    assert int(ours.sched_step()) == STEPS
+
+
+def job_tensor_parallel(rank, world, device, case):
+    """DTensor params placed by hand on a 1-D mesh: Shard(0) and Replicate ones (whose grads come out Partial or
+    Shard(1): the step redistributes them first, as torch's DTensor dispatch does) and a plain tensor in the same
+    group. Checked against torch's fused optimizer on the full tensors, fed the reduced grads."""
+    from torch.distributed.tensor import Replicate, Shard, distribute_tensor, init_device_mesh
+
+    mesh = init_device_mesh(device.type, (world,))
+    torch.manual_seed(1)
+    full = [torch.randn(13, 13), torch.randn(15, 13), torch.randn(15), torch.randn(3, 15), torch.randn(3)]
+    placements = [[Replicate()], [Shard(0)], [Shard(0)], [Replicate()], None]  # Shard(0)s: ALIGNED rows
+    # clones: no storage shared between params and refs (a Replicate DTensor may hold the tensor it was given)
+    params = [(distribute_tensor(f.clone().to(device), mesh, pl) if pl else f.clone().to(device)).requires_grad_()
+              for f, pl in zip(full, placements)]
+    refs = [f.clone().to(device).requires_grad_() for f in full]
+    assert not any(r.untyped_storage().data_ptr() == _local(p).untyped_storage().data_ptr()
+                   for p, r in zip(params, refs))
+    name, kw = CASES[case]
+
+    def groups(ps):
+        return [{"params": [ps[0], ps[1], ps[4]]}, {"params": [ps[2], ps[3]], "lr": kw["lr"] * 0.3}]
+
+    ref = getattr(torch.optim, name)(groups(refs), fused=True, **kw)
+    sched = _warmup_cosine(ref)
+    ours = getattr(warmup_fused, name)(groups(params), schedule=from_torch(_warmup_cosine(getattr(torch.optim, name)(
+        groups([torch.zeros(1, requires_grad=True) for _ in range(5)]), **kw)), horizon=STEPS + 1), **kw)
+    for t in range(STEPS):
+        g = torch.Generator().manual_seed(t)  # the same batch on every rank, sharded by rows
+        x = distribute_tensor(torch.randn(8, 13, generator=g).to(device), mesh, [Shard(0)])
+        y = torch.randn(8, 3, generator=g).to(device)
+        w0, w1, b1, w2, b2 = params
+        out = (torch.tanh(x @ w0 @ w1.T + b1) @ w2.T).full_tensor() + b2
+        ours.zero_grad(set_to_none=True)
+        torch.nn.functional.mse_loss(out, y).backward()
+        if t == 0:
+            assert w0.grad.placements[0].is_partial() and w2.grad.placements[0].is_shard(1), "nothing redistributed"
+        for p, r in zip(params, refs):
+            r.grad = _full(p.grad).clone()
+        ours.step()
+        ref.step()
+        sched.step()
+        for i, (p, r) in enumerate(zip(params, refs)):
+            assert torch.equal(_full(p.detach()), r.detach()), f"rank {rank} step {t}: param {i}"
+            for k, v in ref.state[r].items():
+                assert torch.equal(_full(ours.state[p][k]), v), f"rank {rank} step {t}: param {i} state {k}"
+
 # ---------------------------------------------------------------------------------------------- tests
 @pytest.mark.parametrize("case", CASES)
 def test_fsdp2_matches_ddp_with_torch_fused(workers, case):
     workers().run(job_fsdp2_vs_ddp_torch_fused, case)
+
+
+@pytest.mark.parametrize("variant", ["plain", "clip", "scaler"])
+def test_fsdp2_matches_torch_fused_adamw_under_fsdp2(workers, variant):
+    workers().run(job_fsdp2_vs_torch_fused_adamw_fsdp2, variant)
+
+
+@pytest.mark.parametrize("case", ["AdamW", "Adam-amsgrad", "SGD-nesterov"])
+def test_tensor_parallel_dtensors_and_a_plain_param(workers, case):
+    workers().run(job_tensor_parallel, case)
