@@ -246,14 +246,24 @@ def _shown_lrs(opt) -> list:
 
 
 # ----------------------------------------------------------------------------------------------- jobs
-def job_fsdp2_vs_ddp_torch_fused(rank, world, device, case):
-    """FSDP2 + ours + from_torch(scheduler) against DDP + torch fused + the scheduler, at every step."""
+def job_fsdp2_vs_ddp_torch_fused(rank, world, device, case, state_dict_first=False):
+    """FSDP2 + ours + from_torch(scheduler) against DDP + torch fused + the scheduler, at every step.
+    state_dict_first: get_optimizer_state_dict of both fresh optimizers first, which DCP steps once at lr 0 to
+    create their states: ours as torch's, and the counter and the groups' schedule stay where they were."""
+    from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
+
     base = _model(device)
     ref_model = _ddp(copy.deepcopy(base), device)
     model = _fsdp(copy.deepcopy(base))
     ref = _torch_opt(case, ref_model.module)
     sched = _warmup_cosine(ref)
     ours = _ours(case, model)
+    if state_dict_first:
+        shown = _shown_lrs(ours)
+        get_optimizer_state_dict(ref_model, ref)
+        sd = get_optimizer_state_dict(model, ours)
+        assert int(ours.sched_step()) == 0 and _shown_lrs(ours) == shown
+        assert [g["warmup_fused"]["sched_step"] for g in sd["param_groups"]] == [0, 0]
     for t in range(STEPS):
         used = _shown_lrs(ref)
         assert _shown_lrs(ours) == used, f"step {t}: param_groups show {_shown_lrs(ours)}, torch's {used}"
@@ -343,6 +353,71 @@ def job_tensor_parallel(rank, world, device, case):
             for k, v in ref.state[r].items():
                 assert torch.equal(_full(ours.state[p][k]), v), f"rank {rank} step {t}: param {i} state {k}"
 
+
+ROUTES = ["memory", "memory-flatten", "memory-full", "dcp", "dcp-flatten"]
+SAVE_AT = 5
+
+
+def _options(route: str, load: bool):
+    """get/set_*_state_dict options of a route: sharded (DCP's default), flattened, or full on rank 0."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions
+
+    if route.endswith("full"):
+        return StateDictOptions(full_state_dict=True, cpu_offload=not load, broadcast_from_rank0=load)
+    return StateDictOptions(flatten_optimizer_state_dict=route.endswith("flatten"))
+
+
+def job_checkpoint_round_trips(rank, world, device, case, directory):
+    """An FSDP2 run checkpointed mid-run by get_model/optimizer_state_dict (in memory, or through
+    torch.distributed.checkpoint.save / load), resumed by a fresh model (other weights) and optimizer (its
+    template for dcp.load is its own get_*_state_dict): every later step bit-identical to the uninterrupted run."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import (get_model_state_dict, get_optimizer_state_dict,
+                                                         set_model_state_dict, set_optimizer_state_dict)
+
+    def fresh(seed):
+        model = _fsdp(_model(device, seed))
+        return model, _ours(case, model)
+
+    def snapshot(model, opt):
+        return ([_local(p.detach()).clone() for p in model.parameters()], opt.last_lr().tolist(),
+                [{k: _local(v).clone() for k, v in opt.state[p].items()} for p in model.parameters()])
+
+    model, opt = fresh(0)
+    expected = []
+    for t in range(STEPS):
+        _train_step(model, opt, rank, t, device)
+        expected.append(snapshot(model, opt))
+    # DCP loads no full state_dict into an optimizer without state tensors (torch's SGD without momentum fails alike:
+    # "Expected device to be set")
+    for route in [r for r in ROUTES if not (case == "SGD-plain" and r.endswith("full"))]:
+        model, opt = fresh(0)
+        for t in range(SAVE_AT):
+            _train_step(model, opt, rank, t, device)
+        options = _options(route, load=False)
+        saved = {"model": get_model_state_dict(model, options=options),
+                 "optim": get_optimizer_state_dict(model, opt, options=options)}
+        path = os.path.join(directory, f"{case}-{route}")
+        if route.startswith("dcp"):
+            dcp.save(saved, checkpoint_id=path)
+        model, opt = fresh(1)
+        if route.startswith("dcp"):
+            saved = {"model": get_model_state_dict(model, options=options),
+                     "optim": get_optimizer_state_dict(model, opt, options=options)}
+            dcp.load(saved, checkpoint_id=path)
+        options = _options(route, load=True)
+        set_model_state_dict(model, saved["model"], options=options)
+        set_optimizer_state_dict(model, opt, saved["optim"], options=options)
+        assert int(opt.sched_step()) == SAVE_AT, f"{route}: counter {int(opt.sched_step())}"
+        for t in range(SAVE_AT, STEPS):
+            _train_step(model, opt, rank, t, device)
+            params, lrs, states = snapshot(model, opt)
+            assert lrs == expected[t][1], f"{route} step {t}: LRs {lrs} vs {expected[t][1]}"
+            for i, (p, e) in enumerate(zip(params, expected[t][0])):
+                assert torch.equal(p, e), f"rank {rank} {route} step {t}: param {i}"
+        for i, (st, e) in enumerate(zip(states, expected[-1][2])):
+            assert set(st) == set(e) and all(torch.equal(st[k], e[k]) for k in e), f"{route}: state {i}"
+
 # ---------------------------------------------------------------------------------------------- tests
 @pytest.mark.parametrize("case", CASES)
 def test_fsdp2_matches_ddp_with_torch_fused(workers, case):
@@ -357,3 +432,13 @@ def test_fsdp2_matches_torch_fused_adamw_under_fsdp2(workers, variant):
 @pytest.mark.parametrize("case", ["AdamW", "Adam-amsgrad", "SGD-nesterov"])
 def test_tensor_parallel_dtensors_and_a_plain_param(workers, case):
     workers().run(job_tensor_parallel, case)
+
+
+@pytest.mark.parametrize("case", ["AdamW", "SGD-plain"])
+def test_state_dict_of_a_fresh_optimizer_changes_no_step(workers, case):
+    workers().run(job_fsdp2_vs_ddp_torch_fused, case, True)
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_distributed_checkpoint_round_trips(workers, case, tmp_path):
+    workers().run(job_checkpoint_round_trips, case, str(tmp_path))

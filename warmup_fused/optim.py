@@ -85,6 +85,22 @@ def _local_grad(p: torch.Tensor) -> torch.Tensor:
     return _local(grad)
 
 
+def _dcp_initialising() -> bool:
+    """Whether torch.distributed.checkpoint's _init_optim_state is on the stack: before it reads or loads the state
+    of an optimizer that has none, it sets every group's lr to 0 and steps once on zero grads, to create the states
+    (see _FusedOptimizer._dcp_init_step)."""
+    init = getattr(sys.modules.get("torch.distributed.checkpoint.state_dict"), "_init_optim_state", None)
+    code = getattr(init, "__code__", None)
+    frame = sys._getframe(1) if code is not None else None
+    for _ in range(16):  # optimizer hooks and scheduler wrappers lie between it and us
+        if frame is None:
+            return False
+        if frame.f_code is code:
+            return True
+        frame = frame.f_back
+    return False
+
+
 class _Source:
     """Where a group's LR and beta1/momentum come from."""
 
@@ -131,7 +147,8 @@ class _FusedOptimizer(torch.optim.Optimizer):
     def __init__(self, params, defaults: dict, schedule: Schedule | None, max_grad_norm: float | None):
         self._ready = False
         max_grad_norm = _check_max_grad_norm(max_grad_norm)
-        super().__init__(params, defaults)
+        # every group holds its checkpoint entry's key (None): DCP's flattened form restores only keys groups have
+        super().__init__(params, {**defaults, _checkpoint.GROUP_KEY: None})
         self.max_grad_norm = max_grad_norm
         self._step_supports_amp_scaling = True  # GradScaler passes grad_scale / found_inf to step()
         self._wrap_groups()
@@ -199,8 +216,8 @@ class _FusedOptimizer(torch.optim.Optimizer):
     def _on_group_write(self, group: ParamGroup, key, value) -> None:
         """param_groups[g][key] = value: checked, then applied on every device, in place."""
         spec = self._spec
-        if not self._ready or key not in spec.checks:
-            return dict.__setitem__(group, key, value)
+        if not self._ready or key not in spec.checks or (key == "lr" and _dcp_initialising()):
+            return dict.__setitem__(group, key, value)  # (DCP's lr: shown, see _dcp_init_step)
         g = self._group_index(group)
         where = f"param_groups[{g}]: "
         try:
@@ -298,9 +315,10 @@ class _FusedOptimizer(torch.optim.Optimizer):
             self._write_rows(g)
         self._show(self._host_step)
 
-    def _bind(self, schedule: Schedule | None) -> Schedule:
-        """An absolute schedule with one group per param group."""
-        n = len(self.param_groups)
+    def _bind(self, schedule: Schedule | None, groups: list | None = None) -> Schedule:
+        """An absolute schedule with one group per param group (of `groups`: a checkpoint's; default: ours)."""
+        groups = self.param_groups if groups is None else groups
+        n = len(groups)
         if schedule is None:  # a placeholder program: every group takes its host value
             return Schedule([[(0, BASE)]], [0.0] * n, name="constant")
         if schedule.num_groups not in (1, n):
@@ -308,7 +326,7 @@ class _FusedOptimizer(torch.optim.Optimizer):
                              "(a 1-group schedule applies to every group)")
         if getattr(schedule, "relative", False):
             bases = []
-            for g, group in enumerate(self.param_groups):
+            for g, group in enumerate(groups):
                 base = group.get("initial_lr", group["lr"])
                 if isinstance(base, torch.Tensor):
                     raise ValueError(f"schedule: param group {g} has a Tensor lr; pass a float lr to use a schedule")
@@ -433,6 +451,33 @@ class _FusedOptimizer(torch.optim.Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
+        if not self.state and not torch.compiler.is_compiling() and _dcp_initialising():
+            self._dcp_init_step()
+        else:
+            self._step()
+        return loss
+
+    def _dcp_init_step(self) -> None:
+        """torch.distributed.checkpoint's state initialisation (see _dcp_initialising): a step at the lr DCP wrote
+        (0; only shown in param_groups) on its zero grads creates the states, as it does for torch's optimizers (whose
+        schedulers it does not step): the counter and every group's LR source are left as they were."""
+        sources, step, norm = self._sources, self._host_step, self._last_grad_norm
+        self._sources = [self._host_source(group) for group in self._groups]
+        self._structure += 1
+        try:
+            for g in range(len(self._groups)):
+                self._write_rows(g)
+            self._step()
+        finally:
+            self._sources, self._last_grad_norm = sources, norm
+            self._structure += 1
+            for b in self._devices.values():
+                b.set_counter(step)
+            self._host_step = step
+            for g in range(len(self._groups)):
+                self._write_rows(g)
+
+    def _step(self) -> None:
         if self._host_step >= MAX_STEP - 1:
             raise RuntimeError(f"the schedule counter reached {self._host_step}: schedules are defined below 2**53")
         calls, host_read, created = self._calls()
@@ -463,7 +508,6 @@ class _FusedOptimizer(torch.optim.Optimizer):
         if not torch.compiler.is_compiling():  # host mirrors would make every compiled step recompile
             self._host_step += 1
             self._show(self._host_step, after_step=True)
-        return loss
 
     def _calls(self):
         """The per-device op calls for the params that have grads now; rebuilt when that set (or the structure)
