@@ -20,10 +20,12 @@ from __future__ import annotations
 
 import copy
 import datetime
+import io
 import os
 import queue
 import socket
 import traceback
+import warnings
 
 import pytest
 import torch
@@ -418,6 +420,42 @@ def job_checkpoint_round_trips(rank, world, device, case, directory):
         for i, (st, e) in enumerate(zip(states, expected[-1][2])):
             assert set(st) == set(e) and all(torch.equal(st[k], e[k]) for k in e), f"{route}: state {i}"
 
+
+def job_counters_stay_in_step(rank, world, device):
+    """DDP + ours + a GradScaler: every rank's counter advances by one at every step(), including steps the scaler
+    skips (inf grads on every rank: step 3; on rank 0 only: step 6) and a step where rank 1 has no grads at all (8);
+    the LRs stay equal across ranks, and per-param steps count only the updates each rank made."""
+    model = _ddp(_model(device), device)
+    opt = _ours("Adam-amsgrad", model.module)
+    scaler = torch.amp.GradScaler(device.type, init_scale=2.0**8)
+    updates = 0
+    for t in range(STEPS):
+        x, y = _batch(rank, t, device)
+        if t == 3 and rank == 0:
+            x[0, 0] = float("inf")  # DDP averages it into every rank's grads
+        opt.zero_grad(set_to_none=True)
+        loss = torch.nn.functional.mse_loss(model(x), y)
+        if t == 8:  # no scaler at this step: GradScaler.update() refuses a rank without grads
+            loss.backward()
+            if rank == 1:
+                opt.zero_grad(set_to_none=True)
+            opt.step()
+        else:
+            scaler.scale(loss).backward()
+            if t == 6 and rank == 0:
+                next(model.parameters()).grad[0, 0] = float("inf")  # after DDP's reduction: this rank only
+            scaler.step(opt)
+            scaler.update()
+        updates += not (t == 3 or (t == 6 and rank == 0) or (t == 8 and rank == 1))
+        counters = [torch.zeros((), dtype=torch.int64, device=device) for _ in range(world)]
+        dist.all_gather(counters, opt.sched_step())
+        assert [int(c) for c in counters] == [t + 1] * world, f"step {t}: counters {counters}"
+        lrs = [torch.zeros_like(opt.last_lr()) for _ in range(world)]
+        dist.all_gather(lrs, opt.last_lr())
+        assert all(torch.equal(v, lrs[0]) for v in lrs), f"step {t}: LRs {lrs}"
+        steps = {float(opt.state[p]["step"]) for p in model.parameters()}
+        assert steps == {float(updates)}, f"rank {rank} step {t}: per-param steps {steps}, {updates} updates"
+
 # ---------------------------------------------------------------------------------------------- tests
 @pytest.mark.parametrize("case", CASES)
 def test_fsdp2_matches_ddp_with_torch_fused(workers, case):
@@ -442,3 +480,112 @@ def test_state_dict_of_a_fresh_optimizer_changes_no_step(workers, case):
 @pytest.mark.parametrize("case", CASES)
 def test_distributed_checkpoint_round_trips(workers, case, tmp_path):
     workers().run(job_checkpoint_round_trips, case, str(tmp_path))
+
+
+def test_counters_stay_in_step_across_ranks(workers):
+    workers().run(job_counters_stay_in_step)
+
+
+# ------------------------------------------------- the param groups' entries, in one process (plain tensors)
+def _reloaded(sd: dict) -> dict:
+    """What get_optimizer_state_dict keeps of a state_dict ('state' and 'param_groups'), as it comes back from disk."""
+    buf = io.BytesIO()
+    torch.save({"state": sd["state"], "param_groups": sd["param_groups"]}, buf)
+    buf.seek(0)
+    return torch.load(buf, weights_only=True)
+
+
+def _plain_run(case: str, steps: int, seed: int = 0, **extra):
+    model = _model("cpu", seed)
+    opt = _ours(case, model, **extra)
+    for t in range(steps):
+        _train_step(model, opt, 0, t, "cpu")
+    return model, opt
+
+
+def _unchanged(model, opt):
+    """A fingerprint of everything a load may change."""
+    return ([p.detach().clone() for p in model.parameters()], int(opt.sched_step()), _shown_lrs(opt),
+            {i: {k: v.clone() for k, v in opt.state[p].items()} for i, p in enumerate(model.parameters())})
+
+
+def _assert_unchanged(before, after):
+    assert all(torch.equal(a, b) for a, b in zip(before[0], after[0])) and before[1:3] == after[1:3]
+    assert before[3].keys() == after[3].keys() and all(
+        all(torch.equal(v, after[3][i][k]) for k, v in st.items()) for i, st in before[3].items())
+
+
+@pytest.mark.parametrize("case", ["AdamW", "SGD-plain"])
+def test_param_groups_carry_what_a_resume_needs(case):
+    """Without the top-level entry (what a distributed checkpoint keeps), a fresh optimizer with the same schedule
+    resumes bit-identically: the counter, a group pinned to a written lr, max_grad_norm come from the groups."""
+    model, opt = _plain_run(case, 3, max_grad_norm=0.5)
+    opt.param_groups[1]["lr"] = 0.004  # this group trains at the written value from now on
+    _train_step(model, opt, 0, 3, "cpu")
+    sd = opt.state_dict()
+    entries = [g["warmup_fused"] for g in sd["param_groups"]]
+    assert [e["sched_step"] for e in entries] == [4, 4] and [e["lr_source"] for e in entries] == ["schedule", "host"]
+    assert entries[0]["schedule"].startswith("sha256:") and entries[0]["max_grad_norm"] == 0.5
+    assert [g["warmup_fused"] for g in opt.param_groups] == [None, None], "live groups hold the key only"
+    resumed = _model("cpu", 1)
+    resumed.load_state_dict(model.state_dict())
+    ropt = _ours(case, resumed)
+    ropt.load_state_dict(_reloaded(sd))
+    assert int(ropt.sched_step()) == 4 and ropt.max_grad_norm == 0.5
+    for t in range(4, STEPS):
+        _train_step(model, opt, 0, t, "cpu")
+        _train_step(resumed, ropt, 0, t, "cpu")
+        assert ropt.last_lr().tolist() == opt.last_lr().tolist(), f"step {t}"
+        assert all(torch.equal(p, q) for p, q in zip(model.parameters(), resumed.parameters())), f"step {t}"
+
+
+@pytest.mark.parametrize("edit", ["other schedule", "no schedule", "groups disagree", "bad lr_source"])
+def test_group_entries_are_checked_before_anything_changes(edit):
+    model, opt = _plain_run("AdamW", 4)
+    sd = _reloaded(opt.state_dict())
+    target_model, target = _plain_run("AdamW", 2, seed=1)
+    if edit == "other schedule":
+        target.set_schedule(warmup_fused.schedules.warmup_cosine(STEPS, warmup=2))
+    elif edit == "no schedule":
+        target.set_schedule(None)
+    elif edit == "groups disagree":
+        sd["param_groups"][1]["warmup_fused"]["sched_step"] = 3
+    else:
+        sd["param_groups"][1]["warmup_fused"]["lr_source"] = "scheduler"
+    before = _unchanged(target_model, target)
+    match = {"groups disagree": "agree", "bad lr_source": "lr_source"}.get(edit, "schedule")
+    with pytest.raises(ValueError, match=match):
+        target.load_state_dict(sd)
+    _assert_unchanged(before, _unchanged(target_model, target))
+
+
+def test_entries_a_torch_optimizer_carried_on_are_not_trusted():
+    """Ours checkpointed, loaded into torch's fused AdamW, which trains on under its scheduler and saves: the group
+    entries it carried are stale (their lr is not the group's any more), so ours loads the checkpoint as torch's
+    (the counter from the per-param steps), with a warning, and continues bit-identically with torch."""
+    model, opt = _plain_run("AdamW", 5)
+    twin = _model("cpu", 1)
+    twin.load_state_dict(model.state_dict())
+    ref = _torch_opt("AdamW", twin)
+    sched = _warmup_cosine(ref)
+    with warnings.catch_warnings():  # stepped to where ours is, before torch's optimizer ever steps
+        warnings.simplefilter("ignore", UserWarning)
+        for _ in range(5):
+            sched.step()
+    ref.load_state_dict(opt.state_dict())
+    for t in range(5, 8):
+        _train_step(twin, ref, 0, t, "cpu")
+        sched.step()
+    resumed = _model("cpu", 2)
+    resumed.load_state_dict(twin.state_dict())
+    ours = _ours("AdamW", resumed)
+    with pytest.warns(UserWarning, match="loaded as a torch checkpoint"):
+        ours.load_state_dict(_reloaded(ref.state_dict()))
+    assert int(ours.sched_step()) == 8
+    for t in range(8, STEPS):
+        used = _shown_lrs(ref)
+        _train_step(twin, ref, 0, t, "cpu")
+        _train_step(resumed, ours, 0, t, "cpu")
+        sched.step()
+        assert ours.last_lr().tolist() == used, f"step {t}"
+        _assert_same(resumed, ours, twin, ref, f"step {t}")
