@@ -195,12 +195,26 @@ def _model(device, seed: int = 0, widths=ALIGNED) -> MLP:
     return MLP(widths).to(device)
 
 
+_meshes: dict = {}
+
+
+def _mesh(device):
+    """The 1-D mesh of every rank on this device type (given explicitly: FSDP2's default is CUDA whenever there is
+    a GPU, also under gloo)."""
+    from torch.distributed.device_mesh import init_device_mesh
+
+    if device.type not in _meshes:
+        _meshes[device.type] = init_device_mesh(device.type, (dist.get_world_size(),))
+    return _meshes[device.type]
+
+
 def _fsdp(model: MLP) -> MLP:
     from torch.distributed.fsdp import fully_shard
 
+    mesh = _mesh(next(model.parameters()).device)
     for m in (model.l1, model.norm, model.l2, model.l3):
-        fully_shard(m)
-    return fully_shard(model)
+        fully_shard(m, mesh=mesh)
+    return fully_shard(model, mesh=mesh)
 
 
 def _ddp(model: MLP, device):
@@ -314,9 +328,9 @@ def job_tensor_parallel(rank, world, device, case):
     """DTensor params placed by hand on a 1-D mesh: Shard(0) and Replicate ones (whose grads come out Partial or
     Shard(1): the step redistributes them first, as torch's DTensor dispatch does) and a plain tensor in the same
     group. Checked against torch's fused optimizer on the full tensors, fed the reduced grads."""
-    from torch.distributed.tensor import Replicate, Shard, distribute_tensor, init_device_mesh
+    from torch.distributed.tensor import Replicate, Shard, distribute_tensor
 
-    mesh = init_device_mesh(device.type, (world,))
+    mesh = _mesh(device)
     torch.manual_seed(1)
     full = [torch.randn(13, 13), torch.randn(15, 13), torch.randn(15), torch.randn(3, 15), torch.randn(3)]
     placements = [[Replicate()], [Shard(0)], [Shard(0)], [Replicate()], None]  # Shard(0)s: ALIGNED rows
@@ -456,6 +470,28 @@ def job_counters_stay_in_step(rank, world, device):
         steps = {float(opt.state[p]["step"]) for p in model.parameters()}
         assert steps == {float(updates)}, f"rank {rank} step {t}: per-param steps {steps}, {updates} updates"
 
+
+def job_load_checks_sharded_states_first(rank, world, device):
+    """load_state_dict refuses, before changing anything, a plain (full) state for a DTensor param, and a state
+    at step 0 that is not zero, even where only another rank's shard is not (every rank refuses alike)."""
+    model = _fsdp(_model(device, widths=RAGGED))
+    opt = _ours("AdamW", model)
+    _train_step(model, opt, rank, 0, device)
+    params = list(model.parameters())  # l3.weight (index 6): one row, all on rank 0
+    before = [{k: _local(v).clone() for k, v in opt.state[p].items()} for p in params]
+    nonzero = torch.zeros_like(opt.state[params[6]]["exp_avg"])
+    if rank == 0:
+        nonzero.to_local().fill_(1.0)
+    for i, changes, match in ((0, dict(exp_avg=opt.state[params[0]]["exp_avg"].full_tensor()), "laid out as"),
+                              (6, dict(step=torch.tensor(0.0), exp_avg=nonzero), "step is 0 but exp_avg")):
+        sd = opt.state_dict()
+        sd["state"] = {j: {**st, **changes} if j == i else st for j, st in sd["state"].items()}
+        with pytest.raises(ValueError, match=match):
+            opt.load_state_dict(sd)
+        assert int(opt.sched_step()) == 1
+        for p, st in zip(params, before):
+            assert all(torch.equal(_local(opt.state[p][k]), v) for k, v in st.items())
+
 # ---------------------------------------------------------------------------------------------- tests
 @pytest.mark.parametrize("case", CASES)
 def test_fsdp2_matches_ddp_with_torch_fused(workers, case):
@@ -484,6 +520,10 @@ def test_distributed_checkpoint_round_trips(workers, case, tmp_path):
 
 def test_counters_stay_in_step_across_ranks(workers):
     workers().run(job_counters_stay_in_step)
+
+
+def test_load_checks_sharded_states_before_anything_changes(workers):
+    workers().run(job_load_checks_sharded_states_first)
 
 
 # ------------------------------------------------- the param groups' entries, in one process (plain tensors)
@@ -589,3 +629,19 @@ def test_entries_a_torch_optimizer_carried_on_are_not_trusted():
         sched.step()
         assert ours.last_lr().tolist() == used, f"step {t}"
         _assert_same(resumed, ours, twin, ref, f"step {t}")
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available() or not dist.is_nccl_available(), reason="needs a GPU and NCCL")
+def test_fsdp2_on_one_gpu_in_a_one_rank_nccl_group(tmp_path):
+    """FSDP2 on one GPU (a one-rank NCCL group): ours against torch's fused AdamW under FSDP2 and against DDP + torch
+    fused for every optimizer, and a checkpoint round trip."""
+    pool = _Workers("nccl", 1)
+    try:
+        for variant in ("plain", "clip", "scaler"):
+            pool.run(job_fsdp2_vs_torch_fused_adamw_fsdp2, variant)
+        for case in CASES:
+            pool.run(job_fsdp2_vs_ddp_torch_fused, case)
+        pool.run(job_checkpoint_round_trips, "AdamW", str(tmp_path))
+    finally:
+        pool.close()
