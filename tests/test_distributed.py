@@ -645,3 +645,33 @@ def test_fsdp2_on_one_gpu_in_a_one_rank_nccl_group(tmp_path):
         pool.run(job_checkpoint_round_trips, "AdamW", str(tmp_path))
     finally:
         pool.close()
+
+
+def test_group_entries_carry_the_plateau_state():
+    """A reduce_on_plateau schedule's state (best, bad epochs, cooldown, the reduced LRs) is state, not schedule:
+    it travels in the entries, and the resumed run reduces its LR exactly when the original does."""
+    def run(seed):
+        model = _model("cpu", seed)
+        return model, warmup_fused.SGD(_groups(model, 0.1), lr=0.1, momentum=0.9, schedule=(
+            warmup_fused.schedules.reduce_on_plateau(patience=1, cooldown=1, factor=0.5)))
+
+    metrics = [1.0, 1.0, 1.0, 0.5, 0.6, 0.7, 0.7, 0.7, 0.2, 0.3, 0.3, 0.3]
+    model, opt = run(0)
+    for t in range(6):
+        _train_step(model, opt, 0, t, "cpu")
+        opt.observe(metrics[t])
+    at_save = _shown_lrs(opt)
+    assert at_save[0] < 0.1, "no reduction before the checkpoint"
+    sd = _reloaded(opt.state_dict())
+    assert sd["param_groups"][0]["warmup_fused"]["plateau"] is not None
+    resumed, ropt = run(1)
+    resumed.load_state_dict(model.state_dict())
+    ropt.load_state_dict(sd)
+    for t in range(6, STEPS):
+        _train_step(model, opt, 0, t, "cpu")
+        _train_step(resumed, ropt, 0, t, "cpu")
+        assert ropt.last_lr().tolist() == opt.last_lr().tolist(), f"step {t}"
+        assert all(torch.equal(p, q) for p, q in zip(model.parameters(), resumed.parameters())), f"step {t}"
+        opt.observe(metrics[t])
+        ropt.observe(metrics[t])
+    assert _shown_lrs(ropt) == _shown_lrs(opt) and _shown_lrs(opt)[0] < at_save[0], "no reduction after it"

@@ -10,7 +10,8 @@ writes into the tensors a captured CUDA graph holds where they exist.
 Distributed checkpoints (``torch.distributed.checkpoint.state_dict.get_optimizer_state_dict``) keep only ``state``
 and ``param_groups``, so every param group also carries ``param_groups[g]['warmup_fused']``: the counter, the
 group's LR source and the optimizer-level options, with the schedule as a fingerprint (its tables can be large and
-DCP's flattened form repeats each group value once per param): the loading optimizer must have that schedule.
+DCP's flattened form repeats each group value once per param): the loading optimizer must have that schedule. A
+reduce_on_plateau block is state, so it travels whole (a few words) and the fingerprint leaves it out.
 The live param groups hold the key too (None): DCP's flattened form restores only keys the live groups have.
 """
 from __future__ import annotations
@@ -55,23 +56,43 @@ def _extra(opt, step: int) -> dict:
     }
 
 
+def _plateau_words(schedule_state: dict) -> slice | None:
+    """Where a schedule's reduce_on_plateau block (its state) lies in state['vals']."""
+    offset = schedule_state.get("plateau_offset")
+    if offset is None:
+        return None
+    header = LAYOUT["plateau_header"]
+    return slice(offset, offset + header + int(schedule_state["vals"][offset + header - 1]) *
+                 LAYOUT["plateau_group_words"])
+
+
 def _fingerprint(schedule_state: dict | None) -> str | None:
-    """What a distributed checkpoint keeps of a bound schedule (its state_dict(); the name does not count)."""
+    """What a distributed checkpoint keeps of a bound schedule's state_dict(): a hash of everything but its name
+    and its plateau block."""
     if schedule_state is None:
         return None
-    fields = sorted((k, v) for k, v in schedule_state.items() if k != "name")
-    return "sha256:" + hashlib.sha256(repr(fields).encode()).hexdigest()
+    fields = {k: v for k, v in schedule_state.items() if k != "name"}
+    words = _plateau_words(schedule_state)
+    if words is not None:
+        fields["vals"] = list(fields["vals"])
+        fields["vals"][words] = [0.0] * (words.stop - words.start)
+    return "sha256:" + hashlib.sha256(repr(sorted(fields.items())).encode()).hexdigest()
 
 
-_SHARED = ("format", "sched_step", "max_grad_norm", "rng_seed")  # the same in every group's entry (+ schedule)
+# Every group's entry: _extra's values as they are, the schedule's fingerprint and plateau block (the same in
+# every group), then the group's own values.
+_AS_SAVED = ("format", "sched_step", "max_grad_norm", "rng_seed")
+_SHARED = (*_AS_SAVED, "schedule", "plateau")
 _PER_GROUP = (("lr_source", lambda v: v in _MODE_OF), ("host_lr", lambda v: isinstance(v, float)),
               ("momentum_scheduled", lambda v: isinstance(v, bool)))
 
 
 def _group_entries(extra: dict) -> list[dict]:
-    """_extra split into one entry per param group, the schedule replaced by its fingerprint."""
-    shared = {k: extra[k] for k in _SHARED}
-    shared["schedule"] = _fingerprint(extra["schedule"])
+    """_extra split into one entry per param group, the schedule replaced by its fingerprint and plateau block."""
+    schedule = extra["schedule"]
+    words = None if schedule is None else _plateau_words(schedule)
+    shared = {**{k: extra[k] for k in _AS_SAVED}, "schedule": _fingerprint(schedule),
+              "plateau": None if words is None else schedule["vals"][words]}
     return [{**shared, **{k: extra[k][g] for k, _ in _PER_GROUP}} for g in range(len(extra["lr_source"]))]
 
 
@@ -214,27 +235,20 @@ def _check_group_entries(opt, saved_groups: list) -> dict | None:
         where = f"param_groups[{g}]['{GROUP_KEY}']"
         if not isinstance(entry, dict):
             raise TypeError(f"{where} must be a dict (every group has one, or none), got {type(entry).__name__}")
-        for key in (*_SHARED, "schedule"):
+        for key in _SHARED:
             if entry.get(key) != entries[0].get(key):
                 raise ValueError(f"{where}['{key}'] is {entry.get(key)!r} but param_groups[0]'s is "
                                  f"{entries[0].get(key)!r}: the entries of one checkpoint agree")
         for key, check in _PER_GROUP:
             if not check(entry.get(key)):
                 raise ValueError(f"{where}['{key}'] is not a valid value: {entry.get(key)!r}")
-    extra = {k: entries[0].get(k) for k in _SHARED}
+    where = f"param_groups[0]['{GROUP_KEY}']"
+    extra = {k: entries[0].get(k) for k in _AS_SAVED}
     extra.update({k: [e[k] for e in entries] for k, _ in _PER_GROUP})
-    out = _check_extra(opt, extra, len(entries), f"param_groups[0]['{GROUP_KEY}']")
+    out = _check_extra(opt, extra, len(entries), where)
     expected = list(out["host_lr"])  # the lr each group was saved with (tensor lrs are not compared)
-    fingerprint = entries[0].get("schedule")
-    if fingerprint is not None:
-        bound = None if opt._schedule is None else opt._bind(opt._schedule, saved_groups)
-        if bound is None or _fingerprint(bound.state_dict()) != fingerprint:
-            raise ValueError(
-                f"param_groups[0]['{GROUP_KEY}']['schedule']: the checkpoint's run followed a schedule other than "
-                f"this optimizer's ({'none' if bound is None else bound.name}); a distributed checkpoint keeps only "
-                "its fingerprint, so build the optimizer with the schedule it was trained with (schedule= or "
-                "set_schedule) before loading")
-        out["schedule"] = opt._schedule
+    if entries[0].get("schedule") is not None:
+        out["schedule"], bound = _own_schedule(opt, entries[0], saved_groups, where)
         scheduled = bound.lr_at(min(out["sched_step"], 2**53 - 1)).reshape(-1).tolist()
         expected = [lr if source == "schedule" else e for lr, e, source in zip(scheduled, expected, out["lr_source"])]
     for g, (sg, source, lr) in enumerate(zip(saved_groups, out["lr_source"], expected)):
@@ -244,6 +258,28 @@ def _check_group_entries(opt, saved_groups: list) -> dict | None:
                           "trained on): the checkpoint is loaded as a torch checkpoint", stacklevel=4)
             return None
     return out
+
+
+def _own_schedule(opt, entry: dict, saved_groups: list, where: str) -> tuple:
+    """The optimizer's schedule when it is the one the entry names (its fingerprint), with the entry's plateau
+    state; and that schedule bound to the checkpoint's groups."""
+    bound = None if opt._schedule is None else opt._bind(opt._schedule, saved_groups)
+    state = None if bound is None else bound.state_dict()
+    if state is None or _fingerprint(state) != entry["schedule"]:
+        raise ValueError(
+            f"{where}['schedule']: the checkpoint's run followed a schedule other than this optimizer's "
+            f"({'none' if bound is None else bound.name}); a distributed checkpoint keeps only its fingerprint, so "
+            "build the optimizer with the schedule it was trained with (schedule= or set_schedule) before loading")
+    words, plateau = _plateau_words(state), entry.get("plateau")
+    if words is None and plateau is None:
+        return opt._schedule, bound
+    if words is None or not isinstance(plateau, list) or len(plateau) != words.stop - words.start or not all(
+            isinstance(v, float) for v in plateau):
+        raise ValueError(f"{where}['plateau'] must be the schedule's reduce_on_plateau block "
+                         f"({'none' if words is None else words.stop - words.start} floats), got {plateau!r}")
+    state["vals"][words] = plateau
+    restored = Schedule.from_state_dict(state)  # its plateau state is the checkpoint's
+    return restored, restored
 
 
 def _same_bits(a, b) -> bool:
