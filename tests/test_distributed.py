@@ -7,10 +7,10 @@ exactly), so sharding must change no bit. Tensor-parallel runs are compared with
 full tensors (the update is elementwise). Checkpoint round trips resume bit-identically to an uninterrupted run.
 
 One caveat on CPU: torch's fused CPU kernels (and ours, which mirror them) run a tensor's last numel % 8 float32
-elements through a scalar tail that rounds differently from the vector loop, so an element's bits depend on where
-it falls in the tensor the kernel is given. Comparisons of shards with full tensors therefore use ALIGNED shapes:
-rank 0's shard is a multiple of 8 elements, so every element takes the same loop as in the full tensor (and the
-full tensors still have ragged tails). Comparisons shard against shard (ours vs torch's fused AdamW, both under
+(% 16 bfloat16) elements through a scalar tail that rounds differently from the vector loop, so an element's bits
+depend on where it falls in the tensor the kernel is given. Comparisons of shards with full tensors therefore use
+ALIGNED shapes: rank 0's shard is a multiple of 16 elements, so every element takes the same loop as in the full
+tensor (and the full tensors still have ragged tails). Comparisons shard against shard (ours vs torch's fused AdamW, both under
 FSDP2) use RAGGED shapes, with uneven and empty shards. On CUDA every element takes the same path.
 
 The workers are started once per backend (a module fixture) and run the jobs the tests send them; a worker's
@@ -149,7 +149,7 @@ def workers(request):
 
 
 # ---------------------------------------------------------------------------------------- models and runs
-ALIGNED = (15, 31)  # rank 0's Shard(0) of every param is a multiple of 8 elements; no full tensor is
+ALIGNED = (31, 31)  # rank 0's Shard(0) of every param is a multiple of 16 elements; no full tensor is
 RAGGED = (37, 5)  # uneven shards of any length
 
 
@@ -223,14 +223,14 @@ def _ddp(model: MLP, device):
     return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
 
 
-def _batch(rank: int, t: int, device):
+def _batch(rank: int, t: int, device, dtype=torch.float32):
     """Each rank its own fresh batch at every step."""
     g = torch.Generator().manual_seed(1000 * t + rank)
-    return torch.randn(8, 13, generator=g).to(device), torch.randn(8, 1, generator=g).to(device)
+    return torch.randn(8, 13, generator=g).to(device, dtype), torch.randn(8, 1, generator=g).to(device, dtype)
 
 
 def _train_step(model, opt, rank: int, t: int, device) -> None:
-    x, y = _batch(rank, t, device)
+    x, y = _batch(rank, t, device, next(model.parameters()).dtype)
     opt.zero_grad(set_to_none=True)
     torch.nn.functional.mse_loss(model(x), y).backward()
     opt.step()
@@ -322,6 +322,20 @@ def job_fsdp2_vs_torch_fused_adamw_fsdp2(rank, world, device, variant):
                 mine = ours.state[p][k]
                 assert torch.equal(_local(mine), _local(v)), f"rank {rank} step {t}: {pname} state {k}"
     assert int(ours.sched_step()) == STEPS
+
+
+def job_master_weights_fsdp2_vs_ddp(rank, world, device, case):
+    """bfloat16 params with float32 master weights: the masters are DTensors placed as their params, and FSDP2
+    trains bit-identically to DDP (ours in both)."""
+    base = _model(device).to(torch.bfloat16)
+    ref_model, model = _ddp(copy.deepcopy(base), device), _fsdp(copy.deepcopy(base))
+    ref, ours = _ours(case, ref_model.module, master_weights=True), _ours(case, model, master_weights=True)
+    for t in range(STEPS):
+        _train_step(ref_model, ref, rank, t, device)
+        _train_step(model, ours, rank, t, device)
+        _assert_same(model, ours, ref_model.module, ref, f"rank {rank} step {t}")
+    master = ours.state[model.l1.weight]["master_weight"]
+    assert master.dtype == torch.float32 and master.placements == model.l1.weight.placements
 
 
 def job_tensor_parallel(rank, world, device, case):
@@ -501,6 +515,11 @@ def test_fsdp2_matches_ddp_with_torch_fused(workers, case):
 @pytest.mark.parametrize("variant", ["plain", "clip", "scaler"])
 def test_fsdp2_matches_torch_fused_adamw_under_fsdp2(workers, variant):
     workers().run(job_fsdp2_vs_torch_fused_adamw_fsdp2, variant)
+
+
+@pytest.mark.parametrize("case", ["AdamW", "SGD-nesterov"])
+def test_fsdp2_master_weights_match_ddp(workers, case):
+    workers().run(job_master_weights_fsdp2_vs_ddp, case)
 
 
 @pytest.mark.parametrize("case", ["AdamW", "Adam-amsgrad", "SGD-nesterov"])
