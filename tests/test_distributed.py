@@ -24,6 +24,7 @@ import io
 import os
 import queue
 import socket
+import time
 import traceback
 import warnings
 
@@ -94,18 +95,20 @@ class _Workers:
         """Runs job(rank, world, device, *args) on every rank; returns the ranks' results or fails the test."""
         for q in self.jobs:
             q.put((job.__name__, args))
-        out, errors = {}, []
-        for _ in range(self.world):
+        out, deadline = {}, time.monotonic() + JOB_TIMEOUT
+        while len(out) < self.world:
             try:
-                rank, error, value = self.results.get(timeout=JOB_TIMEOUT)
+                rank, error, value = self.results.get(timeout=1)
             except queue.Empty:
-                self.close()
-                pytest.fail(f"{job.__name__}{args}: no answer from every rank within {JOB_TIMEOUT} s "
-                            f"(answered: {sorted(out)}){''.join(errors)}")
+                dead = [p.exitcode for p in self.procs if not p.is_alive()]
+                if dead or time.monotonic() > deadline:
+                    self.close()
+                    pytest.fail(f"{job.__name__}{args}: ranks {sorted(out)} answered; "
+                                + (f"a worker died (exit codes {dead})" if dead else f"no answer in {JOB_TIMEOUT} s"))
+                continue
             if error is not None:
-                errors.append(f"\n--- rank {rank} ---\n{error}")
                 self.close()  # the other ranks may wait in a collective forever: the group is not reused
-                pytest.fail(f"{job.__name__}{args} failed:{''.join(errors)}")
+                pytest.fail(f"{job.__name__}{args} failed on rank {rank}:\n{error}")
             out[rank] = value
         return [out[r] for r in range(self.world)]
 
