@@ -8,10 +8,11 @@ full tensors (the update is elementwise). Checkpoint round trips resume bit-iden
 
 One caveat on CPU: torch's fused CPU kernels (and ours, which mirror them) run a tensor's last numel % 8 float32
 (% 16 bfloat16) elements through a scalar tail that rounds differently from the vector loop, so an element's bits
-depend on where it falls in the tensor the kernel is given. Comparisons of shards with full tensors therefore use
-ALIGNED shapes: rank 0's shard is a multiple of 16 elements, so every element takes the same loop as in the full
-tensor (and the full tensors still have ragged tails). Comparisons shard against shard (ours vs torch's fused AdamW, both under
-FSDP2) use RAGGED shapes, with uneven and empty shards. On CUDA every element takes the same path.
+depend on where it falls in the tensor the kernel is given (torch's fused AdamW under FSDP2 differs from itself
+under DDP on ragged shapes). Comparisons of shards with full tensors therefore use ALIGNED shapes: rank 0's shard
+is a multiple of 16 elements, so every element takes the same loop as in the full tensor (the full tensors still
+have ragged tails). Comparisons shard against shard (ours vs torch's fused AdamW, both under FSDP2) use RAGGED
+shapes, with uneven and empty shards. On CUDA every element takes the same path.
 
 The workers are started once per backend (a module fixture) and run the jobs the tests send them; a worker's
 exception comes back with its traceback and fails the test, and every wait has a timeout.
@@ -83,7 +84,7 @@ class _Workers:
     def __init__(self, backend: str, world: int):
         ctx = torch.multiprocessing.get_context("spawn")
         port = _free_port()
-        self.backend, self.world = backend, world
+        self.world = world
         self.jobs = [ctx.Queue() for _ in range(world)]
         self.results = ctx.Queue()
         self.procs = [ctx.Process(target=_serve, args=(r, world, port, backend, self.jobs[r], self.results),
