@@ -65,6 +65,7 @@ def _serve(rank: int, world: int, port: int, backend: str, jobs, results) -> Non
     except Exception:
         results.put((rank, traceback.format_exc(), None))
         return
+    results.put((rank, None, "ready"))
     device = torch.device("cuda", rank) if backend == "nccl" else torch.device("cpu")
     while True:
         item = jobs.get()
@@ -83,19 +84,30 @@ class _Workers:
 
     def __init__(self, backend: str, world: int):
         ctx = torch.multiprocessing.get_context("spawn")
-        port = _free_port()
-        self.world = world
-        self.jobs = [ctx.Queue() for _ in range(world)]
-        self.results = ctx.Queue()
-        self.procs = [ctx.Process(target=_serve, args=(r, world, port, backend, self.jobs[r], self.results),
-                                  daemon=True) for r in range(world)]
-        for p in self.procs:
-            p.start()
+        for attempt in range(3):  # the free port may be taken before rank 0 binds it (other tests, gloo's sockets)
+            port = _free_port()
+            self.world = world
+            self.jobs = [ctx.Queue() for _ in range(world)]
+            self.results = ctx.Queue()
+            self.procs = [ctx.Process(target=_serve, args=(r, world, port, backend, self.jobs[r], self.results),
+                                      daemon=True) for r in range(world)]
+            for p in self.procs:
+                p.start()
+            try:
+                self._answers("starting the process group")
+                return
+            except _PortTaken:
+                self.close()
+        pytest.fail("could not start the process group: every free port found was taken")
 
     def run(self, job, *args):
         """Runs job(rank, world, device, *args) on every rank; returns the ranks' results or fails the test."""
         for q in self.jobs:
             q.put((job.__name__, args))
+        return self._answers(f"{job.__name__}{args}")
+
+    def _answers(self, what: str) -> list:
+        """Every rank's answer, or the test fails (at once when a rank raises or dies, else after JOB_TIMEOUT)."""
         out, deadline = {}, time.monotonic() + JOB_TIMEOUT
         while len(out) < self.world:
             try:
@@ -104,12 +116,14 @@ class _Workers:
                 dead = [p.exitcode for p in self.procs if not p.is_alive()]
                 if dead or time.monotonic() > deadline:
                     self.close()
-                    pytest.fail(f"{job.__name__}{args}: ranks {sorted(out)} answered; "
+                    pytest.fail(f"{what}: ranks {sorted(out)} answered; "
                                 + (f"a worker died (exit codes {dead})" if dead else f"no answer in {JOB_TIMEOUT} s"))
                 continue
             if error is not None:
+                if not out and "address already in use" in error.lower():
+                    raise _PortTaken
                 self.close()  # the other ranks may wait in a collective forever: the group is not reused
-                pytest.fail(f"{job.__name__}{args} failed on rank {rank}:\n{error}")
+                pytest.fail(f"{what} failed on rank {rank}:\n{error}")
             out[rank] = value
         return [out[r] for r in range(self.world)]
 
@@ -125,6 +139,10 @@ class _Workers:
             if p.is_alive():
                 p.kill()
                 p.join(timeout=10)
+
+
+class _PortTaken(Exception):
+    pass
 
 
 def _gpus() -> int:
