@@ -6,9 +6,17 @@ the base LR, as a torch scheduler leaves them) plus ``state_dict()['warmup_fused
 schedule itself (so a fresh optimizer continues without ``schedule=``) and each group's LR source. torch's
 optimizers load it; ours load torch's. ``load_state_dict`` checks everything before it changes anything, and
 writes into the tensors a captured CUDA graph holds where they exist.
+
+Distributed checkpoints (``torch.distributed.checkpoint.state_dict.get_optimizer_state_dict``) keep only ``state``
+and ``param_groups``, so every param group also carries ``param_groups[g]['warmup_fused']``: the counter, the
+group's LR source and the optimizer-level options, with the schedule as a fingerprint (its tables can be large and
+DCP's flattened form repeats each group value once per param): the loading optimizer must have that schedule. A
+reduce_on_plateau block is state, so it travels whole (a few words) and the fingerprint leaves it out.
+The live param groups hold the key too (None): DCP's flattened form restores only keys the live groups have.
 """
 from __future__ import annotations
 
+import hashlib
 import math
 import struct
 import warnings
@@ -21,6 +29,7 @@ from ._ops import LAYOUT
 from .schedules import Schedule
 
 FORMAT = 1
+GROUP_KEY = "warmup_fused"  # param_groups[g][GROUP_KEY]: what a distributed checkpoint keeps of _extra
 _MODES = {LAYOUT["lr_from_schedule"]: "schedule", LAYOUT["lr_from_host"]: "host", LAYOUT["lr_from_tensor"]: "tensor"}
 _MODE_OF = {v: k for k, v in _MODES.items()}
 _MAX_COUNTER = 2**53 - 2  # the last step a schedule can evaluate is 2**53 - 1
@@ -45,6 +54,46 @@ def _extra(opt, step: int) -> dict:
         "max_grad_norm": opt.max_grad_norm,
         "rng_seed": opt._rng_seed,
     }
+
+
+def _plateau_words(schedule_state: dict) -> slice | None:
+    """Where a schedule's reduce_on_plateau block (its state) lies in state['vals']."""
+    offset = schedule_state.get("plateau_offset")
+    if offset is None:
+        return None
+    header = LAYOUT["plateau_header"]
+    return slice(offset, offset + header + int(schedule_state["vals"][offset + header - 1]) *
+                 LAYOUT["plateau_group_words"])
+
+
+def _fingerprint(schedule_state: dict | None) -> str | None:
+    """What a distributed checkpoint keeps of a bound schedule's state_dict(): a hash of everything but its name
+    and its plateau block."""
+    if schedule_state is None:
+        return None
+    fields = {k: v for k, v in schedule_state.items() if k != "name"}
+    words = _plateau_words(schedule_state)
+    if words is not None:
+        fields["vals"] = list(fields["vals"])
+        fields["vals"][words] = [0.0] * (words.stop - words.start)
+    return "sha256:" + hashlib.sha256(repr(sorted(fields.items())).encode()).hexdigest()
+
+
+# Every group's entry: _extra's values as they are, the schedule's fingerprint and plateau block (the same in
+# every group), then the group's own values.
+_AS_SAVED = ("format", "sched_step", "max_grad_norm", "rng_seed")
+_SHARED = (*_AS_SAVED, "schedule", "plateau")
+_PER_GROUP = (("lr_source", lambda v: v in _MODE_OF), ("host_lr", lambda v: isinstance(v, float)),
+              ("momentum_scheduled", lambda v: isinstance(v, bool)))
+
+
+def _group_entries(extra: dict) -> list[dict]:
+    """_extra split into one entry per param group, the schedule replaced by its fingerprint and plateau block."""
+    schedule = extra["schedule"]
+    words = None if schedule is None else _plateau_words(schedule)
+    shared = {**{k: extra[k] for k in _AS_SAVED}, "schedule": _fingerprint(schedule),
+              "plateau": None if words is None else schedule["vals"][words]}
+    return [{**shared, **{k: extra[k][g] for k, _ in _PER_GROUP}} for g in range(len(extra["lr_source"]))]
 
 
 def _initialised(opt) -> dict:
@@ -80,6 +129,8 @@ def state_dict(opt) -> dict[str, Any]:
             if st is not None and not ok and "momentum_buffer" in st:
                 sd["state"][index[id(p)]] = {k: v for k, v in st.items() if k != "momentum_buffer"}
     sd["warmup_fused"] = _extra(opt, step)
+    for packed, entry in zip(sd["param_groups"], _group_entries(sd["warmup_fused"])):
+        packed[GROUP_KEY] = entry
     return sd
 
 
@@ -106,6 +157,17 @@ def _check_tensor(where: str, key: str, value, param: torch.Tensor) -> None:
         raise TypeError(f"{where}: {key} must be floating point, got {value.dtype}")
     if value.layout != torch.strided:
         raise ValueError(f"{where}: {key} is a {value.layout} tensor; optimizer states are dense")
+    if _layout(value) != _layout(param):
+        raise ValueError(f"{where}: {key} is a {type(value).__name__} {_layout(value) or ''} but its param is a "
+                         f"{type(param).__name__} {_layout(param) or ''}: states are laid out as their params "
+                         "(set_optimizer_state_dict shards a full state_dict)")
+
+
+def _layout(t: torch.Tensor) -> tuple | None:
+    """A DTensor's mesh and placements; None for a plain tensor."""
+    from .optim import _is_dtensor
+
+    return (t.device_mesh, tuple(t.placements)) if _is_dtensor(t) else None
 
 
 def _check_state(opt, i: int, param: torch.Tensor, st) -> dict:
@@ -143,38 +205,99 @@ def _check_state(opt, i: int, param: torch.Tensor, st) -> dict:
     return st
 
 
-def _check_extra(opt, extra, n_groups: int) -> dict:
+def _check_extra(opt, extra, n_groups: int, where: str = "state_dict['warmup_fused']") -> dict:
     if not isinstance(extra, dict):
-        raise TypeError(f"state_dict['warmup_fused'] must be a dict, got {type(extra).__name__}")
+        raise TypeError(f"{where} must be a dict, got {type(extra).__name__}")
     step = extra.get("sched_step")
     if isinstance(step, bool) or not isinstance(step, int) or not 0 <= step <= _MAX_COUNTER:
-        raise ValueError(f"state_dict['warmup_fused']['sched_step'] must be an int in [0, 2**53 - 2], got {step!r}")
+        raise ValueError(f"{where}['sched_step'] must be an int in [0, 2**53 - 2], got {step!r}")
     out = {"sched_step": step, "schedule": None}
     if extra.get("schedule") is not None:
         try:
             out["schedule"] = Schedule.from_state_dict(extra["schedule"])
         except (TypeError, ValueError) as e:
-            raise type(e)(f"state_dict['warmup_fused']['schedule']: {e}") from None
+            raise type(e)(f"{where}['schedule']: {e}") from None
     try:
         out["max_grad_norm"] = check_max_grad_norm(extra.get("max_grad_norm"))
     except ValueError as e:
-        raise ValueError(f"state_dict['warmup_fused']: {e}") from None
+        raise ValueError(f"{where}: {e}") from None
     seed = out["rng_seed"] = extra.get("rng_seed")
     if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**63):
-        raise ValueError(f"state_dict['warmup_fused']['rng_seed'] must be None or an int in [0, 2**63), got {seed!r}")
-    for key, check in (("lr_source", lambda v: v in _MODE_OF), ("host_lr", lambda v: isinstance(v, float)),
-                       ("momentum_scheduled", lambda v: isinstance(v, bool))):
+        raise ValueError(f"{where}['rng_seed'] must be None or an int in [0, 2**63), got {seed!r}")
+    for key, check in _PER_GROUP:
         values = extra.get(key)
         if values is None:
             continue
         if not isinstance(values, list) or len(values) != n_groups or not all(check(v) for v in values):
-            raise ValueError(f"state_dict['warmup_fused']['{key}'] must be a list of {n_groups} valid entries, "
-                             f"got {values!r}")
+            raise ValueError(f"{where}['{key}'] must be a list of {n_groups} valid entries, got {values!r}")
         out[key] = values
     for g, (source, lr) in enumerate(zip(out.get("lr_source", ()), out.get("host_lr", ()))):
         if source == "host":  # the value the group trains at
-            check_lr(lr, f"state_dict['warmup_fused']['host_lr'][{g}]")
+            check_lr(lr, f"{where}['host_lr'][{g}]")
     return out
+
+
+def _check_group_entries(opt, saved_groups: list) -> dict | None:
+    """What the param groups' entries say (the form _check_extra returns), for a state_dict without the top-level
+    entry (a distributed checkpoint's); None when they have none (torch's), or when a group's lr is no longer
+    the one its entry was written with (a torch optimizer loaded our checkpoint, trained on and saved its own)."""
+    entries = [sg.get(GROUP_KEY) for sg in saved_groups]
+    if all(e is None for e in entries):
+        return None
+    for g, entry in enumerate(entries):
+        where = f"param_groups[{g}]['{GROUP_KEY}']"
+        if not isinstance(entry, dict):
+            raise TypeError(f"{where} must be a dict (every group has one, or none), got {type(entry).__name__}")
+        for key in _SHARED:
+            if entry.get(key) != entries[0].get(key):
+                raise ValueError(f"{where}['{key}'] is {entry.get(key)!r} but param_groups[0]'s is "
+                                 f"{entries[0].get(key)!r}: the entries of one checkpoint agree")
+        for key, check in _PER_GROUP:
+            if not check(entry.get(key)):
+                raise ValueError(f"{where}['{key}'] is not a valid value: {entry.get(key)!r}")
+    where = f"param_groups[0]['{GROUP_KEY}']"
+    extra = {k: entries[0].get(k) for k in _AS_SAVED}
+    extra.update({k: [e[k] for e in entries] for k, _ in _PER_GROUP})
+    out = _check_extra(opt, extra, len(entries), where)
+    expected = list(out["host_lr"])  # the lr each group was saved with (tensor lrs are not compared)
+    if entries[0].get("schedule") is not None:
+        out["schedule"], bound = _own_schedule(opt, entries[0], saved_groups, where)
+        scheduled = bound.lr_at(min(out["sched_step"], 2**53 - 1)).reshape(-1).tolist()
+        expected = [lr if source == "schedule" else e for lr, e, source in zip(scheduled, expected, out["lr_source"])]
+    for g, (sg, source, lr) in enumerate(zip(saved_groups, out["lr_source"], expected)):
+        if source != "tensor" and not _same_bits(sg.get("lr"), lr):
+            warnings.warn(f"param group {g}: its lr {lr!r} is not the one its '{GROUP_KEY}' entry was saved with "
+                          "(it was changed after our optimizer wrote it, e.g. by a torch optimizer that loaded it and "
+                          "trained on): the checkpoint is loaded as a torch checkpoint", stacklevel=4)
+            return None
+    return out
+
+
+def _own_schedule(opt, entry: dict, saved_groups: list, where: str) -> tuple:
+    """The optimizer's schedule when it is the one the entry names (its fingerprint), with the entry's plateau
+    state; and that schedule bound to the checkpoint's groups."""
+    bound = None if opt._schedule is None else opt._bind(opt._schedule, saved_groups)
+    state = None if bound is None else bound.state_dict()
+    if state is None or _fingerprint(state) != entry["schedule"]:
+        raise ValueError(
+            f"{where}['schedule']: the checkpoint's run followed a schedule other than this optimizer's "
+            f"({'none' if bound is None else bound.name}); a distributed checkpoint keeps only its fingerprint, so "
+            "build the optimizer with the schedule it was trained with (schedule= or set_schedule) before loading")
+    words, plateau = _plateau_words(state), entry.get("plateau")
+    if words is None and plateau is None:
+        return opt._schedule, bound
+    if words is None or not isinstance(plateau, list) or len(plateau) != words.stop - words.start or not all(
+            isinstance(v, float) for v in plateau):
+        raise ValueError(f"{where}['plateau'] must be the schedule's reduce_on_plateau block "
+                         f"({'none' if words is None else words.stop - words.start} floats), got {plateau!r}")
+    state["vals"][words] = plateau
+    restored = Schedule.from_state_dict(state)  # its plateau state is the checkpoint's
+    return restored, restored
+
+
+def _same_bits(a, b) -> bool:
+    return (isinstance(a, (int, float)) and not isinstance(a, bool)
+            and struct.pack("<d", float(a)) == struct.pack("<d", float(b)))
 
 
 def load_state_dict(opt, state_dict: dict[str, Any]) -> None:
@@ -210,7 +333,7 @@ def load_state_dict(opt, state_dict: dict[str, Any]) -> None:
             raise ValueError(f"state[{sid!r}] names no param of the checkpoint's param_groups")
         states[id_map[sid]] = _check_state(opt, sid, id_map[sid], st)
     extra = state_dict.get("warmup_fused")
-    extra = None if extra is None else _check_extra(opt, extra, len(groups))
+    extra = _check_group_entries(opt, saved_groups) if extra is None else _check_extra(opt, extra, len(groups))
     if extra is not None:
         step = extra["sched_step"]
     else:  # a torch checkpoint: Adam's per-param steps count the optimizer steps; SGD's has none
@@ -237,6 +360,7 @@ def _loaded_groups(opt, saved_groups: list) -> list[dict]:
     for g, sg in zip(opt.param_groups, saved_groups):
         group = {**opt.defaults, **{k: v for k, v in sg.items() if k != "params"}}
         group["params"] = g["params"]
+        group[GROUP_KEY] = None  # what the checkpoint's entry said is in `extra`
         if "param_names" in g and "param_names" not in group:
             group["param_names"] = g["param_names"]
         if type(opt).__name__ == "AdamW":

@@ -25,6 +25,7 @@ from __future__ import annotations
 import math
 import operator
 import struct
+import sys
 from typing import Any
 
 import torch
@@ -67,6 +68,41 @@ def _nonzero(value) -> bool:
     return isinstance(value, torch.Tensor) and bool((value != 0).any())
 
 
+def _is_dtensor(t) -> bool:
+    module = sys.modules.get("torch.distributed.tensor")  # not imported yet: no DTensor exists
+    return module is not None and isinstance(t, module.DTensor)
+
+
+def _local(t):
+    """What the op takes for a tensor: a DTensor's local shard (FSDP2, tensor parallel), else the tensor itself."""
+    return t.to_local() if _is_dtensor(t) else t
+
+
+def _local_grad(p: torch.Tensor) -> torch.Tensor:
+    """p.grad's local shard, laid out as p's: a grad with other placements (a Partial sum, say) is redistributed to
+    p's first, as torch's DTensor dispatch does for its own fused optimizers."""
+    grad = p.grad
+    if _is_dtensor(p) and grad.placements != p.placements:
+        grad = grad.redistribute(p.device_mesh, p.placements)
+    return _local(grad)
+
+
+def _dcp_initialising() -> bool:
+    """Whether torch.distributed.checkpoint's _init_optim_state is on the stack: before it reads or loads the state
+    of an optimizer that has none, it sets every group's lr to 0 and steps once on zero grads, to create the states
+    (see _FusedOptimizer._dcp_init_step)."""
+    init = getattr(sys.modules.get("torch.distributed.checkpoint.state_dict"), "_init_optim_state", None)
+    code = getattr(init, "__code__", None)
+    frame = sys._getframe(1) if code is not None else None
+    for _ in range(16):  # optimizer hooks and scheduler wrappers lie between it and us
+        if frame is None:
+            return False
+        if frame.f_code is code:
+            return True
+        frame = frame.f_back
+    return False
+
+
 class _Source:
     """Where a group's LR and beta1/momentum come from."""
 
@@ -83,9 +119,11 @@ class _DeviceCall:
         self.opt, self.buffers = opt, buffers
         self.params = [p for _, p in rows]
         self.groups = [g for g, _ in rows]
-        states = [opt.state[p] for p in self.params]
+        # DTensor params: the op runs on the local shards (their states are DTensors placed as the params)
+        self.sharded = any(_is_dtensor(p) for p in self.params)
+        states = [{k: _local(v) for k, v in opt.state[p].items()} for p in self.params]
         steps = [opt._step_slots[p] for p in self.params]
-        empty = self.params[0].new_empty(0) if self.params else None
+        empty = _local(self.params[0]).new_empty(0) if self.params else None
         masters = [s.get("master_weight", empty) for s in states] if any("master_weight" in s for s in states) else []
         if opt._spec is ADAM_SPEC:
             vmax = [s.get("max_exp_avg_sq", empty) for s in states] if any("max_exp_avg_sq" in s for s in states) else []
@@ -96,8 +134,11 @@ class _DeviceCall:
 
     def __call__(self, op, grad_scale, found_inf, clip_coef) -> None:
         b = self.buffers
-        grads = [p.grad for p in self.params]
-        op(self.params, grads, *self.lists, b.counter, b.scratch, b.ints, b.vals, b.hparams_view(),
+        if self.sharded:  # unwrapped at every call: a grad (and FSDP2's shard views) may be new tensors each step
+            params, grads = [_local(p) for p in self.params], [_local_grad(p) for p in self.params]
+        else:
+            params, grads = self.params, [p.grad for p in self.params]
+        op(params, grads, *self.lists, b.counter, b.scratch, b.ints, b.vals, b.hparams_view(),
            self.opt._lr_tensors(b.device), self.groups, grad_scale, found_inf, clip_coef, self.opt._rng_seed or 0)
 
 
@@ -108,7 +149,8 @@ class _FusedOptimizer(torch.optim.Optimizer):
     def __init__(self, params, defaults: dict, schedule: Schedule | None, max_grad_norm: float | None):
         self._ready = False
         max_grad_norm = check_max_grad_norm(max_grad_norm)
-        super().__init__(params, defaults)
+        # every group holds its checkpoint entry's key (None): DCP's flattened form restores only keys groups have
+        super().__init__(params, {**defaults, _checkpoint.GROUP_KEY: None})
         self.max_grad_norm = max_grad_norm
         self._step_supports_amp_scaling = True  # GradScaler passes grad_scale / found_inf to step()
         self._wrap_containers()
@@ -218,6 +260,8 @@ class _FusedOptimizer(torch.optim.Optimizer):
         applied on every device, in place."""
         spec = self._spec
         checked = [k for k in writes if k in spec.checks or k == "params"] if self._ready else []
+        if "lr" in checked and _dcp_initialising():
+            checked.remove("lr")  # DCP's lr: shown only (see _dcp_init_step)
         if not checked:
             return dict.update(group, writes)
         g = self._group_index(group)
@@ -471,6 +515,33 @@ class _FusedOptimizer(torch.optim.Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
+        if not self.state and not torch.compiler.is_compiling() and _dcp_initialising():
+            self._dcp_init_step()
+        else:
+            self._step()
+        return loss
+
+    def _dcp_init_step(self) -> None:
+        """torch.distributed.checkpoint's state initialisation (see _dcp_initialising): a step at the lr DCP wrote
+        (0; only shown in param_groups) on its zero grads creates the states, as it does for torch's optimizers (whose
+        schedulers it does not step): the counter and every group's LR source are left as they were."""
+        sources, step, norm = self._sources, self._host_step, self._last_grad_norm
+        self._sources = [self._host_source(group) for group in self._groups]
+        self._structure += 1
+        try:
+            for g in range(len(self._groups)):
+                self._write_rows(g)
+            self._step()
+        finally:
+            self._sources, self._last_grad_norm = sources, norm
+            self._structure += 1
+            for b in self._devices.values():
+                b.set_counter(step)
+            self._host_step = step
+            for g in range(len(self._groups)):
+                self._write_rows(g)
+
+    def _step(self) -> None:
         if self._host_step >= MAX_STEP - 1:
             raise RuntimeError(f"the schedule counter reached {self._host_step}: schedules are defined below 2**53")
         calls, host_read, created = self._calls()
@@ -502,7 +573,6 @@ class _FusedOptimizer(torch.optim.Optimizer):
         if not torch.compiler.is_compiling():  # host mirrors would make every compiled step recompile
             self._host_step += 1
             self._show(self._host_step, after_step=True)
-        return loss
 
     def _calls(self):
         """The per-device op calls for the params that have grads now; rebuilt when that set (or the structure)
@@ -550,12 +620,14 @@ class _FusedOptimizer(torch.optim.Optimizer):
         if grad_scale is not None:
             inv_scale = grad_scale.double().reciprocal().float()
             by_key: dict = {}
-            for g in grads:
-                by_key.setdefault((g.device, g.dtype), []).append(g)
+            for g in grads:  # elementwise: a DTensor's local shard is unscaled in place
+                by_key.setdefault((g.device, g.dtype), []).append(_local(g))
             for (device, _), group in by_key.items():
                 ignored = torch.zeros(1, dtype=torch.float32, device=device)  # GradScaler already found inf/nan
                 torch._amp_foreach_non_finite_check_and_unscale_(group, ignored, inv_scale.to(device))
         total = torch.nn.utils.get_total_norm(grads, 2.0, error_if_nonfinite=False, foreach=True)
+        if _is_dtensor(total):  # DTensor grads: the norm over every shard, the same value on every rank
+            total = total.full_tensor()
         self._last_grad_norm = total
         return torch.clamp(self.max_grad_norm / (total + 1e-6), max=1.0)
 
@@ -592,7 +664,11 @@ class _FusedOptimizer(torch.optim.Optimizer):
             if grad.dtype != p.dtype or grad.shape != p.shape or grad.device != p.device:
                 raise ValueError(f"{where}: its grad is {grad.dtype} {tuple(grad.shape)} on {grad.device}, the "
                                  f"param {p.dtype} {tuple(p.shape)} on {p.device}")
-            if not _dense(p):
+            if (_is_dtensor(p) or _is_dtensor(grad)) and not (
+                    _is_dtensor(p) and _is_dtensor(grad) and grad.device_mesh == p.device_mesh):
+                raise ValueError(f"{where} is a {type(p).__name__} and its grad a {type(grad).__name__}: a DTensor "
+                                 "param needs a DTensor grad on its device mesh (and a plain param a plain grad)")
+            if not _dense(_local(p)):
                 raise ValueError(f"{where} is not dense and non-overlapping (a strided view?): the fused kernels "
                                  "update params as flat arrays; optimise the tensor it views instead")
             if p.dtype == torch.float16 and self._groups[g].get("stochastic_rounding"):
