@@ -15,29 +15,27 @@
 // unless it says fma.
 #pragma once
 
+#include <c10/util/bit_cast.h>
+
 #include <cmath>
 #include <cstdint>
+#include <type_traits>
 
 #include "schedule.h"
 
 namespace warmup_fused {
 
-// NaN-propagating max, like at::vec::maximum (std::max would keep the first operand when either is NaN).
+// amsgrad's max_exp_avg_sq = max(max_exp_avg_sq, exp_avg_sq) as torch's CPU scalar tails and its CUDA kernel take
+// it: std::max(a, b), which keeps a when b is NaN (the CPU vector loops' maxima: torch_max).
 template <class T>
-WF_HOST_DEVICE T nan_max(T a, T b) {
-  return (a != a || b != b) ? (a + b) : (a < b ? b : a);
+WF_HOST_DEVICE T std_max(T a, T b) {
+  return (a < b) ? b : a;
 }
 
-// sqrt(v) / bias_correction2_sqrt + eps, with amsgrad's running max (updated in place). torch's CPU vector loops
-// take at::vec::maximum, which propagates NaN; its CPU scalar tails and its CUDA kernel take
-// std::max(vmax, v) = (vmax < v) ? v : vmax, which keeps vmax when v is NaN (kStdMax).
-template <class T, bool kStdMax>
-WF_HOST_DEVICE T adam_denom(T v, T& vmax, bool amsgrad, T bc2_sqrt, T eps) {
-  if (amsgrad) {
-    vmax = kStdMax ? ((vmax < v) ? v : vmax) : nan_max(vmax, v);
-    return std::sqrt(vmax) / bc2_sqrt + eps;
-  }
-  return std::sqrt(v) / bc2_sqrt + eps;
+// sqrt(v) / bias_correction2_sqrt + eps, with amsgrad's running max vmax already updated.
+template <class T>
+WF_HOST_DEVICE T adam_denom(T v, T vmax, bool amsgrad, T bc2_sqrt, T eps) {
+  return std::sqrt(amsgrad ? vmax : v) / bc2_sqrt + eps;
 }
 
 // ------------------------------------------------------------------------------------------------- CPU (torch)
@@ -49,30 +47,35 @@ WF_HOST_DEVICE T adam_denom(T v, T& vmax, bool amsgrad, T bc2_sqrt, T eps) {
 //   kAvx2Vector, kAvx2Tail:       the AVX2 kernel (-mavx2 -mfma, GCC's default -ffp-contract=fast): its two loops
 //                                 contract some a*b+c, not always the same product (see adam_cpu_update).
 //   kDefaultVector, kDefaultTail: the DEFAULT kernel, built without FMA: nothing is contracted.
-// Vector loops and tails also differ in amsgrad's max when a value is NaN (adam_denom).
+// Vector loops and tails also differ in amsgrad's max when a value is NaN or zeros differ in sign (torch_max).
 enum class TorchCpuLoop { kDefaultVector, kDefaultTail, kAvx2Vector, kAvx2Tail };
 
 constexpr bool is_tail(TorchCpuLoop loop) {
   return loop == TorchCpuLoop::kDefaultTail || loop == TorchCpuLoop::kAvx2Tail;
 }
 
+constexpr bool is_default(TorchCpuLoop loop) {
+  return loop == TorchCpuLoop::kDefaultVector || loop == TorchCpuLoop::kDefaultTail;
+}
+
+// max(a, b) as torch's loop kLoop takes it:
+//   tails:          std::max(a, b);
+//   kDefaultVector: at::vec::maximum's scalar loop: a when a is NaN, else (a > b) ? a : b;
+//   kAvx2Vector:    _mm256_max_ps(a, b) | unordered(a, b): (a > b) ? a : b, and a NaN of all one bits.
+template <TorchCpuLoop kLoop, class T>
+inline T torch_max(T a, T b) {
+  if constexpr (is_tail(kLoop)) return std_max(a, b);
+  const T greater = (a > b) ? a : b;
+  if constexpr (kLoop == TorchCpuLoop::kDefaultVector) return (a != a) ? a : greater;
+  using Bits = std::conditional_t<sizeof(T) == 4, uint32_t, uint64_t>;
+  return (a != a || b != b) ? c10::bit_cast<T>(~Bits(0)) : greater;
+}
+
 // a*b + c as torch's loop computes it where GCC had only this one product to fuse.
 template <TorchCpuLoop kLoop, class T>
 WF_HOST_DEVICE T torch_madd(T a, T b, T c) {
-  if constexpr (kLoop == TorchCpuLoop::kDefaultVector || kLoop == TorchCpuLoop::kDefaultTail) return a * b + c;
+  if constexpr (is_default(kLoop)) return a * b + c;
   else return std::fma(a, b, c);
-}
-
-// Loads grad[i] as torch's CPU kernels do: divided by the AMP grad scale (and stored back) when there is one,
-// then times sign = -1 for maximize (torch's vector loop multiplies by -1; the tail negates: the same value).
-template <bool kScaled, class T, class S>
-WF_HOST_DEVICE T cpu_grad(S* g, int64_t i, T scale, T sign) {
-  T gi = T(g[i]);
-  if constexpr (kScaled) {
-    gi = gi / scale;
-    g[i] = S(gi);
-  }
-  return gi * sign;
 }
 
 // Scalars of one CPU Adam step for one tensor, in the opmath type T, derived exactly as torch's CPU kernel does.
@@ -106,7 +109,7 @@ WF_HOST_DEVICE AdamCpuScalars<T> adam_cpu_scalars(double lr, double beta1, doubl
 }
 
 // One element. p, m, v, vmax are opmath values (loaded and stored by the caller); g is the grad already
-// unscaled and, for maximize, multiplied by -1 (cpu_grad above; the same in sgd_cpu_update).
+// unscaled and, for maximize, multiplied by -1 (cpu_grad in cpu/optim_cpu.cpp; the same in sgd_cpu_update).
 //
 // torch 2.14.1's contractions, found by comparing bit for bit under ATEN_CPU_CAPABILITY=avx512, avx2 and default
 // (four dtypes, sizes 1..70001, every flag: tests/test_optim.py) and read in libtorch_cpu.so's vfmadd operands.
@@ -116,7 +119,9 @@ WF_HOST_DEVICE AdamCpuScalars<T> adam_cpu_scalars(double lr, double beta1, doubl
 //   exp_avg_sq*beta2 + (c2*grad)*grad    -> kAvx2Vector: fma(c2*grad, grad, exp_avg_sq*beta2)
 //                                           kAvx2Tail:   fma(exp_avg_sq, beta2, (c2*grad)*grad)
 // In the DEFAULT kernel each of these is a*b + c, rounded twice.
-template <class T, TorchCpuLoop kLoop, bool kAdamW>
+// kLerpLow = |lerp_w| < 0.5 (torch's lerp picks its formula by the weight): a template parameter, so that the loop
+// has no branch and vectorises.
+template <class T, TorchCpuLoop kLoop, bool kAdamW, bool kLerpLow>
 WF_HOST_DEVICE void adam_cpu_update(T& p, T g, T& m, T& v, T& vmax, const AdamCpuScalars<T>& s) {
   if (s.has_wd) {
     if (kAdamW) p = p * s.decay;
@@ -124,10 +129,11 @@ WF_HOST_DEVICE void adam_cpu_update(T& p, T g, T& m, T& v, T& vmax, const AdamCp
   }
   // exp_avg.lerp_(grad, 1 - beta1). Tail: m + w*(g-m), or g - (g-m)*(1-w); -(1-w) == w-1 exactly.
   const T w = s.lerp_w;
-  m = std::abs(w) < T(0.5) ? torch_madd<kLoop>(w, g - m, m) : torch_madd<kLoop>(w - T(1), g - m, g);
+  m = kLerpLow ? torch_madd<kLoop>(w, g - m, m) : torch_madd<kLoop>(w - T(1), g - m, g);
   if constexpr (kLoop == TorchCpuLoop::kAvx2Vector) v = std::fma(s.c2 * g, g, v * s.beta2);
   else v = torch_madd<kLoop>(v, s.beta2, s.c2 * g * g);
-  const T denom = adam_denom<T, is_tail(kLoop)>(v, vmax, s.amsgrad, s.bc2_sqrt, s.eps);
+  if (s.amsgrad) vmax = torch_max<kLoop>(vmax, v);
+  const T denom = adam_denom(v, vmax, s.amsgrad, s.bc2_sqrt, s.eps);
   // Vector loop: p + (-step_size) * m / denom; tail: p - step_size * m / denom. Identical in IEEE arithmetic.
   p = p + s.neg_step_size * m / denom;
 }
@@ -216,7 +222,8 @@ WF_HOST_DEVICE void adam_cuda_update(T& p, T g, T& m, T& v, T& vmax, const AdamC
   m = std::fma(s.beta1, m, std::fma(-s.beta1, g, g));
   const T g2 = g * g;
   v = std::fma(s.beta2, v, std::fma(-s.beta2, g2, g2));
-  const T denom = adam_denom<T, true>(v, vmax, s.amsgrad, s.bc2_sqrt, s.eps);  // std::max on CUDA
+  if (s.amsgrad) vmax = std_max(vmax, v);
+  const T denom = adam_denom(v, vmax, s.amsgrad, s.bc2_sqrt, s.eps);
   p = p - s.step_size * m / denom;
 }
 

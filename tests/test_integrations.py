@@ -4,8 +4,6 @@ torch.optim.AdamW(fused=True): params and optimizer states bit for bit, and the 
 Each framework is run three ways: torch's fused AdamW (the reference), ours with nothing else changed (the
 framework's scheduler writes param_groups), and ours with warmup_fused.integrations' callback (the scheduler is
 converted to the device schedule at train start; the framework keeps stepping it).
-
-On an AVX-512 machine run with ATEN_CPU_CAPABILITY=avx2 until the CPU kernels' AVX-512 parity fix is merged.
 """
 from __future__ import annotations
 

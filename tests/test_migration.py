@@ -4,8 +4,6 @@ torch.optim.*(fused=True) on CPU.
 Each test runs our optimizer and torch's fused one on twin models fed the same fresh random grads, and checks
 at every step that ``param_groups`` show the same LR (and beta1 / momentum) before the step, that the step used
 it (``last_lr()``), and every few steps that params and optimizer states are equal (``torch.equal``).
-
-On an AVX-512 machine run with ATEN_CPU_CAPABILITY=avx2 until the CPU kernels' AVX-512 parity fix is merged.
 """
 from __future__ import annotations
 

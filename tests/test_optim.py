@@ -201,6 +201,49 @@ def test_kernel_parity_every_flag(cls, dtype):
                         assert torch.equal(opt.state[a][k], v), f"{where} state {k}"
 
 
+def _special_values(dtype, n, where):
+    """n random values of dtype with, at the positions `where`, NaNs of several payloads and signs, infinities,
+    subnormals, zeros and a value whose square or update overflows."""
+    bits = {torch.float16: [0x7E00, 0xFE00, 0x7D01, 0x7E55, 0x7C00, 0xFC00, 0x0001, 0x83FF, 0x0000, 0x8000, 0x7BFF],
+            torch.bfloat16: [0x7FC0, 0xFFC0, 0x7F81, 0x7FD5, 0x7F80, 0xFF80, 0x0001, 0x807F, 0x0000, 0x8000, 0x7F7F],
+            torch.float32: [0x7FC00000, 0xFFC00000, 0x7F800001, 0x7FD55555, 0x7F800000, 0xFF800000, 0x00000001,
+                            0x807FFFFF, 0, 0x80000000, 0x7F7FFFFF]}[dtype]
+    x = torch.randn(n, dtype=dtype)
+    view = torch.int32 if dtype == torch.float32 else torch.int16
+    special = torch.tensor(bits, dtype=torch.int64).to(view if view == torch.int32 else torch.int32)
+    special = (special if view == torch.int32 else torch.where(special >= 0x8000, special - 0x10000, special)).to(view)
+    x.view(view)[where] = special
+    return x
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("cls", ["AdamW", "SGD"])
+def test_kernel_parity_special_values(cls, dtype):
+    """NaNs (payloads, signs), infinities, subnormals and overflow in params, grads and states, in the vector part
+    and the tail: every bit as torch's fused kernel leaves it (its loops store NaNs differently). Params and grads
+    carry their special values at different positions: where two different NaNs meet in one operation, which one
+    survives depends on the operand order the compiler chose, in torch's kernel as in ours."""
+    torch.manual_seed(0)
+    kw = dict(momentum=0.9, weight_decay=0.01) if cls == "SGD" else dict(weight_decay=0.1, amsgrad=True)
+    view = torch.int32 if dtype == torch.float32 else torch.int16
+    for n in (37, 1003):  # the last positions fall in the tail of every dtype (37 % 16 = 5, 1003 % 8 = 3)
+        at_p = [1, 4, 7, 10, 13, 16, 19, 22, n - 6, n - 4, n - 1]
+        at_g = [0, 2, 5, 8, 11, 14, 17, n - 7, n - 5, n - 3, n - 2]
+        p = _special_values(dtype, n, at_p)
+        ours, ref = p.clone(), p.clone().requires_grad_()
+        opt = getattr(warmup_fused, cls)([ours], lr=1e-2, **kw)
+        ref_opt = getattr(torch.optim, cls)([ref], lr=1e-2, fused=True, **kw)
+        for step in range(3):
+            g = _special_values(dtype, n, at_g) * (1e3 if step == 1 else 1.0)
+            ours.grad, ref.grad = g.clone(), g.clone()
+            opt.step()
+            ref_opt.step()
+            assert torch.equal(ours.view(view), ref.detach().view(view)), (n, step)
+            for k, v in ref_opt.state[ref].items():
+                if k != "step":
+                    assert torch.equal(opt.state[ours][k].view(view), v.view(view)), (n, step, k)
+
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # torch's CPU capabilities, whose fused kernels round differently (AVX512 runs the AVX2 kernel; DEFAULT has no FMA).
 # The tests above run under this process's capability; each other one the CPU can run gets a process of its own.
@@ -224,7 +267,7 @@ def test_kernel_parity_under_other_torch_cpu_capabilities(capability):
     code = (f"import sys, pytest, torch\n"
             f"assert torch.backends.cpu.get_cpu_capability() == {capability.upper()!r}\n"
             f"sys.exit(pytest.main(['-q', '-p', 'no:cacheprovider', {os.path.abspath(__file__)!r}, "
-            f"'-k', 'kernel_parity_sizes or kernel_parity_every_flag']))\n")
+            f"'-k', 'kernel_parity_sizes or kernel_parity_every_flag or kernel_parity_special']))\n")
     env = dict(os.environ, ATEN_CPU_CAPABILITY=capability, PYTHONPATH=os.pathsep.join(
         p for p in (ROOT, os.environ.get("PYTHONPATH", "")) if p))
     proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True,

@@ -18,6 +18,7 @@
 #include <vector>
 
 #include "../step_driver.h"
+#include "convert_16bit.h"
 
 namespace warmup_fused {
 namespace {
@@ -46,15 +47,41 @@ struct AdamTensorArgs {
 };
 
 // The hot loops. Flags that torch's kernel tests per element are template parameters here, so that each
-// instantiation is a straight-line loop GCC vectorises (the AVX2+FMA clones below); the math is optim_math.h's.
-#if defined(__GNUC__)
-#define WF_INLINE inline __attribute__((always_inline))
-#else
-#define WF_INLINE inline
-#endif
+// instantiation is a straight-line loop GCC vectorises (the AVX2 and AVX-512 clones below); the math is
+// optim_math.h's, the conversions convert_16bit.h's, all always_inline (WF_INLINE) so that the clones vectorise them.
 
-template <class scalar_t, TorchCpuLoop kLoop, bool kAdamW, bool kAmsgrad, bool kHasWd, bool kScaled>
-WF_INLINE void adam_loop(const AdamTensorArgs& t, AdamCpuScalars<opmath_of<scalar_t>> s, const float* gs,
+// Loads and stores of param-typed values in the opmath type, as torch's loop kLoop converts them (convert_16bit.h).
+template <class S>
+constexpr bool is_16bit = std::is_same_v<S, at::Half> || std::is_same_v<S, at::BFloat16>;
+
+template <class S>
+WF_INLINE opmath_of<S> load(const S* a, int64_t i) {
+  if constexpr (std::is_same_v<S, at::BFloat16>) return f32_of(uint32_t(a[i].x) << 16);
+  else if constexpr (std::is_same_v<S, at::Half>) return widen_half(a[i].x);
+  else return a[i];
+}
+
+template <TorchCpuLoop kLoop, class S>
+WF_INLINE void store(S* a, int64_t i, opmath_of<S> v) {
+  if constexpr (std::is_same_v<S, at::BFloat16>) a[i].x = narrow_bf16<kLoop == TorchCpuLoop::kAvx2Vector>(v);
+  else if constexpr (std::is_same_v<S, at::Half>) a[i].x = narrow_half<!is_default(kLoop)>(v);
+  else a[i] = v;
+}
+
+// grad[i] as torch's CPU kernels load it: divided by the AMP grad scale (and stored back) when there is one, then
+// times sign = -1 for maximize (torch's vector loop multiplies by -1; the tail negates: the same value).
+template <TorchCpuLoop kLoop, bool kScaled, class T, class S>
+WF_INLINE T cpu_grad(S* g, int64_t i, T scale, T sign) {
+  T gi = load(g, i);
+  if constexpr (kScaled) {
+    gi = gi / scale;
+    store<kLoop>(g, i, gi);
+  }
+  return gi * sign;
+}
+
+template <class scalar_t, TorchCpuLoop kLoop, bool kAdamW, bool kAmsgrad, bool kHasWd, bool kScaled, bool kLerpLow>
+WF_INLINE void adam_loop_t(const AdamTensorArgs& t, AdamCpuScalars<opmath_of<scalar_t>> s, const float* gs,
                          int64_t begin, int64_t end) {
   using T = opmath_of<scalar_t>;
   s.amsgrad = kAmsgrad;  // constants from here on: the branches in adam_cpu_update fold away
@@ -67,15 +94,23 @@ WF_INLINE void adam_loop(const AdamTensorArgs& t, AdamCpuScalars<opmath_of<scala
   scalar_t* __restrict vm = static_cast<scalar_t*>(t.vmax);
   const T scale = kScaled ? T(*gs) : T(1);
   for (int64_t i = begin; i < end; ++i) {
-    const T gi = cpu_grad<kScaled>(g, i, scale, sign);
-    T pi = T(p[i]), mi = T(m[i]), vi = T(v[i]);
-    T vmi = kAmsgrad ? T(vm[i]) : T(0);
-    adam_cpu_update<T, kLoop, kAdamW>(pi, gi, mi, vi, vmi, s);
-    p[i] = scalar_t(pi);
-    m[i] = scalar_t(mi);
-    v[i] = scalar_t(vi);
-    if constexpr (kAmsgrad) vm[i] = scalar_t(vmi);
+    const T gi = cpu_grad<kLoop, kScaled>(g, i, scale, sign);
+    T pi = load(p, i), mi = load(m, i), vi = load(v, i);
+    T vmi = kAmsgrad ? load(vm, i) : T(0);
+    adam_cpu_update<T, kLoop, kAdamW, kLerpLow>(pi, gi, mi, vi, vmi, s);
+    store<kLoop>(p, i, pi);
+    store<kLoop>(m, i, mi);
+    store<kLoop>(v, i, vi);
+    if constexpr (kAmsgrad) store<kLoop>(vm, i, vmi);
   }
+}
+
+template <class scalar_t, TorchCpuLoop kLoop, bool kAdamW, bool kAmsgrad, bool kHasWd, bool kScaled>
+WF_INLINE void adam_loop(const AdamTensorArgs& t, const AdamCpuScalars<opmath_of<scalar_t>>& s, const float* gs,
+                         int64_t begin, int64_t end) {
+  if (std::abs(s.lerp_w) < 0.5f)
+    return adam_loop_t<scalar_t, kLoop, kAdamW, kAmsgrad, kHasWd, kScaled, true>(t, s, gs, begin, end);
+  adam_loop_t<scalar_t, kLoop, kAdamW, kAmsgrad, kHasWd, kScaled, false>(t, s, gs, begin, end);
 }
 
 template <class scalar_t, bool kAdamW, bool kAmsgrad, bool kHasWd, bool kScaled>
@@ -115,12 +150,12 @@ WF_INLINE void sgd_loop(void* pv, void* gv, void* bv, SgdScalars<opmath_of<scala
   scalar_t* __restrict b = static_cast<scalar_t*>(bv);
   const T scale = kScaled ? T(*gs) : T(1);
   for (int64_t i = begin; i < end; ++i) {
-    const T gi = cpu_grad<kScaled>(g, i, scale, sign);
-    T pi = T(p[i]);
-    T bi = (kMomentum && !kFirst) ? T(b[i]) : T(0);
+    const T gi = cpu_grad<kLoop, kScaled>(g, i, scale, sign);
+    T pi = load(p, i);
+    T bi = (kMomentum && !kFirst) ? load(b, i) : T(0);
     sgd_cpu_update<T, kLoop>(pi, gi, bi, kFirst, s);
-    p[i] = scalar_t(pi);
-    if constexpr (kMomentum) b[i] = scalar_t(bi);
+    store<kLoop>(p, i, pi);
+    if constexpr (kMomentum) store<kLoop>(b, i, bi);
   }
 }
 
@@ -146,22 +181,33 @@ WF_INLINE void sgd_range(void* p, void* g, void* b, bool first, const SgdScalars
   }
 }
 
+// Clones of the loops for wider vector units. The arithmetic is the same per element whatever the vector width
+// (IEEE operations, explicit fma only, no contraction): the AVX-512 clone computes exactly what torch's AVX2 kernel
+// does, sixteen lanes at a time.
 #if defined(__GNUC__) && defined(__x86_64__)
 #define WF_HAVE_AVX2_CLONE 1
-template <class scalar_t>
-__attribute__((target("avx2,fma"))) void adam_range_avx2(const AdamTensorArgs& t,
-                                                         const AdamCpuScalars<opmath_of<scalar_t>>& s, bool adamw,
-                                                         const float* gs, int64_t begin, int64_t end) {
-  adam_range<scalar_t>(t, s, adamw, gs, begin, end);
-}
-template <class scalar_t>
-__attribute__((target("avx2,fma"))) void sgd_range_avx2(void* p, void* g, void* b, bool first,
-                                                        const SgdScalars<opmath_of<scalar_t>>& s, const float* gs,
-                                                        int64_t begin, int64_t end, int64_t vec_end) {
-  sgd_range<scalar_t>(p, g, b, first, s, gs, begin, end, vec_end);
-}
+#define WF_AVX2 __attribute__((target("avx2,fma")))
+#define WF_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx2,fma,prefer-vector-width=512")))
+#define WF_CLONES(ATTR, SUFFIX)                                                                                    \
+  template <class scalar_t>                                                                                        \
+  ATTR void adam_range_##SUFFIX(const AdamTensorArgs& t, const AdamCpuScalars<opmath_of<scalar_t>>& s, bool adamw, \
+                                const float* gs, int64_t begin, int64_t end) {                                    \
+    adam_range<scalar_t>(t, s, adamw, gs, begin, end);                                                             \
+  }                                                                                                                \
+  template <class scalar_t>                                                                                        \
+  ATTR void sgd_range_##SUFFIX(void* p, void* g, void* b, bool first, const SgdScalars<opmath_of<scalar_t>>& s,    \
+                               const float* gs, int64_t begin, int64_t end, int64_t vec_end) {                     \
+    sgd_range<scalar_t>(p, g, b, first, s, gs, begin, end, vec_end);                                               \
+  }
+WF_CLONES(WF_AVX2, avx2)
+WF_CLONES(WF_AVX512, avx512)
+#undef WF_CLONES
 bool have_avx2_fma() {
   static const bool ok = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  return ok;
+}
+bool have_avx512() {  // torch's capability (its own hardware check; ATEN_CPU_CAPABILITY=avx2 selects the AVX2 clone)
+  static const bool ok = have_avx2_fma() && at::get_cpu_capability() == "AVX512";
   return ok;
 }
 #endif
@@ -171,6 +217,7 @@ template <class scalar_t>
 void adam_range_dispatch(const AdamTensorArgs& t, const AdamCpuScalars<opmath_of<scalar_t>>& s, bool adamw,
                          const float* gs, int64_t begin, int64_t end) {
 #ifdef WF_HAVE_AVX2_CLONE
+  if (have_avx512()) return adam_range_avx512<scalar_t>(t, s, adamw, gs, begin, end);
   if (have_avx2_fma()) return adam_range_avx2<scalar_t>(t, s, adamw, gs, begin, end);
 #endif
   adam_range<scalar_t>(t, s, adamw, gs, begin, end);
@@ -180,6 +227,7 @@ template <class scalar_t>
 void sgd_range_dispatch(void* p, void* g, void* b, bool first, const SgdScalars<opmath_of<scalar_t>>& s,
                         const float* gs, int64_t begin, int64_t end, int64_t vec_end) {
 #ifdef WF_HAVE_AVX2_CLONE
+  if (have_avx512()) return sgd_range_avx512<scalar_t>(p, g, b, first, s, gs, begin, end, vec_end);
   if (have_avx2_fma()) return sgd_range_avx2<scalar_t>(p, g, b, first, s, gs, begin, end, vec_end);
 #endif
   sgd_range<scalar_t>(p, g, b, first, s, gs, begin, end, vec_end);
@@ -231,10 +279,11 @@ std::vector<at::Tensor> begin_step(const StepLists& l, const at::Tensor& sched_s
 }
 
 // ------------------------------------------------------------------------------------------------ staging
-// A work item whose tensor has a float32 master, stochastic rounding (bf16) or clipping is staged into buffers the
-// torch-parity loops take, then written back:
+// A work item whose tensor has a float32 master, stochastic rounding (bf16) or clipping is staged chunk by chunk
+// (in L1/L2) into the buffers the torch-parity loops take, then written back:
 //  * master: the loop runs in float32 on the master and its float32 states, with the grads upcast, as the reference
-//    does (torch fused stepping float32 masters); the param is then the master rounded to nearest;
+//    does (torch fused stepping float32 masters, with float32's vector/tail split); the param is then the master
+//    rounded to nearest;
 //  * stochastic rounding: the loop runs on float32 copies (the same float arithmetic as the bf16 loop), the states
 //    are stored rounded to nearest and the param stochastically;
 //  * clipping: the loop takes the grads multiplied by the clip coefficient and rounded to their dtype, as
@@ -247,57 +296,92 @@ struct Extras {
   uint64_t seed, rng_step, index;
 };
 
+constexpr int64_t kChunk = 1024;  // elements staged at once: 6 float buffers of 4 KiB, in L1/L2
+
+// 16-bit <-> float for staging, with the hot loops' conversions: [0, vec) rounded as torch's vector loop, the rest as
+// its tail.
+template <class S>
+WF_INLINE void widen(const S* src, float* dst, int64_t n) {
+  for (int64_t j = 0; j < n; ++j) dst[j] = load(src, j);
+}
+
+template <class S, TorchCpuLoop kVector, TorchCpuLoop kTail>
+WF_INLINE void narrow_t(const float* src, S* dst, int64_t n, int64_t vec) {
+  for (int64_t j = 0; j < vec; ++j) store<kVector>(dst, j, src[j]);
+  for (int64_t j = vec; j < n; ++j) store<kTail>(dst, j, src[j]);
+}
+
+template <class S>
+void narrow(const float* src, S* dst, int64_t n, int64_t vec) {
+  if (torch_runs_avx2_kernel()) return narrow_t<S, TorchCpuLoop::kAvx2Vector, TorchCpuLoop::kAvx2Tail>(src, dst, n, vec);
+  narrow_t<S, TorchCpuLoop::kDefaultVector, TorchCpuLoop::kDefaultTail>(src, dst, n, vec);
+}
+
+template <class S>
+int64_t torch_vec_end(int64_t numel) {  // where torch's kernel for S ends its vector loop
+  return numel - numel % (vector_bytes() / int64_t(sizeof(S)));
+}
+
 template <class S, class Run>
-void staged_item(S* p, S* g, void* s1, void* s2, void* s3, int64_t numel, const Extras& x, const float* gs,
-                 int64_t begin, int64_t end, Run&& run) {
-  using T = opmath_of<S>;
-  const int64_t n = end - begin;
-  p += begin;
-  g += begin;
-  if constexpr (std::is_same_v<S, at::Half> || std::is_same_v<S, at::BFloat16>) {
-    if (x.master || x.stochastic) {
-      thread_local std::vector<float> buf;
-      buf.resize(size_t(n) * (x.master ? 1 : 5));
-      float* gf = buf.data();
-      for (int64_t j = 0; j < n; ++j) gf[j] = x.clip ? float(S(float(g[j]) * float(*x.clip))) : float(g[j]);
-      float* pf = x.master ? x.master + begin : gf + n;
-      float* f[3] = {nullptr, nullptr, nullptr};
-      void* states[3] = {s1, s2, s3};
-      for (int k = 0; k < 3; ++k) {
-        if (!states[k]) continue;
-        if (x.master) {
-          f[k] = static_cast<float*>(states[k]) + begin;
-        } else {
-          f[k] = pf + n * (k + 1);
-          const S* src = static_cast<S*>(states[k]) + begin;
-          for (int64_t j = 0; j < n; ++j) f[k][j] = float(src[j]);
-        }
-      }
-      if (!x.master)
-        for (int64_t j = 0; j < n; ++j) pf[j] = float(p[j]);
-      run(pf, gf, f[0], f[1], f[2], n, numel - numel % (vector_bytes() / 4) - begin);
-      if (gs)
-        for (int64_t j = 0; j < n; ++j) g[j] = S(gf[j]);  // unscaled in place, as torch does
-      if (x.master) {
-        for (int64_t j = 0; j < n; ++j) p[j] = S(pf[j]);
-        return;
-      }
-      for (int k = 0; k < 3; ++k)
-        if (states[k])
-          for (int64_t j = 0; j < n; ++j) static_cast<S*>(states[k])[begin + j] = S(f[k][j]);
-      for (int64_t j = 0; j < n; ++j) {
-        if constexpr (std::is_same_v<S, at::BFloat16>)
-          p[j] = round_stochastic(pf[j], random_bits(x.seed, x.index, x.rng_step, uint64_t(begin + j)));
-      }
+void staged_chunk_16bit(S* p, S* g, void* const states[3], const Extras& x, const float* gs, int64_t numel,
+                        int64_t cb, int64_t n, Run& run) {
+  thread_local std::vector<float> storage(6 * kChunk);
+  float* buf[6];
+  for (int k = 0; k < 6; ++k) buf[k] = storage.data() + k * kChunk;
+  float* gf = buf[0];
+  const int64_t vec = std::clamp(torch_vec_end<S>(numel) - cb, int64_t(0), n);
+  widen(g + cb, gf, n);
+  if (x.clip) {  // the grad clip_grad_norm_ leaves: g * coef rounded to S
+    S* clipped = reinterpret_cast<S*>(buf[5]);
+    const float coef = float(*x.clip);
+    for (int64_t j = 0; j < n; ++j) gf[j] *= coef;
+    narrow(gf, clipped, n, vec);
+    widen(clipped, gf, n);
+  }
+  float* pf = x.master ? x.master + cb : buf[1];
+  float* f[3] = {nullptr, nullptr, nullptr};
+  for (int k = 0; k < 3; ++k) {
+    if (!states[k]) continue;
+    if (x.master) {
+      f[k] = static_cast<float*>(states[k]) + cb;
+    } else {
+      f[k] = buf[2 + k];
+      widen(static_cast<const S*>(states[k]) + cb, f[k], n);
+    }
+  }
+  if (!x.master) widen(p + cb, pf, n);
+  run(pf, gf, f[0], f[1], f[2], n, x.master ? std::clamp(torch_vec_end<float>(numel) - cb, int64_t(0), n) : vec);
+  if (gs) narrow(gf, g + cb, n, vec);  // unscaled in place, as torch does
+  if (x.master) return narrow(pf, p + cb, n, vec);
+  for (int k = 0; k < 3; ++k)
+    if (states[k]) narrow(f[k], static_cast<S*>(states[k]) + cb, n, vec);
+  if constexpr (std::is_same_v<S, at::BFloat16>) {
+    if (x.stochastic) {
+      for (int64_t j = 0; j < n; ++j)
+        p[cb + j] = round_stochastic(pf[j], random_bits(x.seed, x.index, x.rng_step, uint64_t(cb + j)));
       return;
     }
   }
-  thread_local std::vector<S> clipped;
-  clipped.resize(size_t(n));
-  for (int64_t j = 0; j < n; ++j) clipped[j] = S(T(g[j]) * T(*x.clip));
-  auto offset = [&](void* q) { return q ? static_cast<S*>(q) + begin : nullptr; };
-  run(p, clipped.data(), offset(s1), offset(s2), offset(s3), n,
-      numel - numel % (vector_bytes() / int64_t(sizeof(S))) - begin);
+  narrow(pf, p + cb, n, vec);
+}
+
+template <class S, class Run>
+void staged_item(S* p, S* g, void* s1, void* s2, void* s3, int64_t numel, const Extras& x, const float* gs,
+                 int64_t begin, int64_t end, Run&& run) {
+  void* const states[3] = {s1, s2, s3};
+  for (int64_t cb = begin; cb < end; cb += kChunk) {
+    const int64_t n = std::min(kChunk, end - cb);
+    if constexpr (is_16bit<S>) {
+      staged_chunk_16bit(p, g, states, x, gs, numel, cb, n, run);
+    } else {  // float32 / float64: only clipping is staged
+      thread_local std::vector<S> storage(kChunk);
+      S* clipped = storage.data();
+      using T = opmath_of<S>;
+      for (int64_t j = 0; j < n; ++j) clipped[j] = S(T(g[cb + j]) * T(*x.clip));
+      auto at = [&](void* q) { return q ? static_cast<S*>(q) + cb : nullptr; };
+      run(p + cb, clipped, at(s1), at(s2), at(s3), n, std::clamp(torch_vec_end<S>(numel) - cb, int64_t(0), n));
+    }
+  }
 }
 
 // ------------------------------------------------------------------------------------------------ adam_step
