@@ -40,10 +40,13 @@ def _masters_reference(name, dtype, steps=12, scaler=False, clip=None):
         for g in ref.param_groups:
             g["lr"] = ref_lrs[t]
         grads = [(torch.randn(p.shape, generator=gen) * (2.0 ** 8 if scaler else 1.0)).to(dtype) for p in params]
-        for p, m, g in zip(params, masters, grads):
-            p.grad, m.grad = g.clone(), g.float()
-        if clip is not None:
-            torch.nn.utils.clip_grad_norm_(masters, clip, foreach=True)
+        if clip is not None:  # the recipe: clip_grad_norm_ on the model's 16-bit grads, then upcast into the masters
+            holders = [torch.empty_like(p).requires_grad_() for p in params]
+            for h, g in zip(holders, grads):
+                h.grad = g.clone()
+            torch.nn.utils.clip_grad_norm_(holders, clip, foreach=True)
+        for k, (p, m, g) in enumerate(zip(params, masters, grads)):
+            p.grad, m.grad = g.clone(), (holders[k].grad if clip is not None else g).float()
         if scaler:
             for o in (ours, ref):
                 o.grad_scale, o.found_inf = torch.full((), 2.0 ** 8), torch.full((), float(t == 4))
@@ -64,6 +67,13 @@ def _masters_reference(name, dtype, steps=12, scaler=False, clip=None):
 @pytest.mark.parametrize("name", ["AdamW", "Adam", "SGD"])
 def test_master_weights_match_torch_on_float32_masters(name, dtype):
     _masters_reference(name, dtype)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
+@pytest.mark.parametrize("name", ["AdamW", "SGD"])
+def test_master_weights_with_clipping_match_torchs_recipe(name, dtype):
+    """max_grad_norm with master weights: clip_grad_norm_ on the 16-bit grads, then the float32 masters' step."""
+    _masters_reference(name, dtype, clip=0.5)
 
 
 @pytest.mark.parametrize("name", ["AdamW", "SGD"])
@@ -102,7 +112,7 @@ def test_master_weights_are_a_no_op_for_float32_params():
 
 
 @pytest.mark.parametrize("name", ["AdamW", "Adam", "SGD"])
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16], ids=str)
 def test_clipping_matches_clip_grad_norm_then_torch_fused(name, dtype):
     torch.manual_seed(0)
     params = [torch.randn(n).to(dtype) for n in (5, 64, 333)]
@@ -119,6 +129,8 @@ def test_clipping_matches_clip_grad_norm_then_torch_fused(name, dtype):
         assert torch.equal(bits(ours.last_grad_norm()), bits(norm)), f"step {t}: norm"
         for p, q in zip(params, ref_params):
             assert torch.equal(bits(p), bits(q.detach())), f"step {t}"
+            for k, v in ref.state[q].items():
+                assert torch.equal(bits(ours.state[p][k]), bits(v)), f"step {t}: state {k}"
 
 
 def test_clipping_with_a_grad_scaler_follows_torchs_recipe():

@@ -245,6 +245,7 @@ def test_kernel_parity_special_values(cls, dtype):
 
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+LOW_PRECISION = os.path.join(ROOT, "tests", "test_low_precision.py")  # its clipping and master-weight references
 # torch's CPU capabilities, whose fused kernels round differently (AVX512 runs the AVX2 kernel; DEFAULT has no FMA).
 # The tests above run under this process's capability; each other one the CPU can run gets a process of its own.
 OTHER_CAPABILITIES = [c for c in ("avx512", "avx2", "default") if c.upper() != torch.backends.cpu.get_cpu_capability()]
@@ -266,8 +267,9 @@ def test_kernel_parity_under_other_torch_cpu_capabilities(capability):
         pytest.skip(f"this CPU cannot run torch's {capability} kernels")
     code = (f"import sys, pytest, torch\n"
             f"assert torch.backends.cpu.get_cpu_capability() == {capability.upper()!r}\n"
-            f"sys.exit(pytest.main(['-q', '-p', 'no:cacheprovider', {os.path.abspath(__file__)!r}, "
-            f"'-k', 'kernel_parity_sizes or kernel_parity_every_flag or kernel_parity_special']))\n")
+            f"sys.exit(pytest.main(['-q', '-p', 'no:cacheprovider', {os.path.abspath(__file__)!r}, {LOW_PRECISION!r}, "
+            f"'-k', 'kernel_parity_sizes or kernel_parity_every_flag or kernel_parity_special or clipping_matches "
+            f"or master_weights']))\n")
     env = dict(os.environ, ATEN_CPU_CAPABILITY=capability, PYTHONPATH=os.pathsep.join(
         p for p in (ROOT, os.environ.get("PYTHONPATH", "")) if p))
     proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True,

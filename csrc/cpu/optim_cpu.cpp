@@ -68,20 +68,41 @@ WF_INLINE void store(S* a, int64_t i, opmath_of<S> v) {
   else a[i] = v;
 }
 
-// grad[i] as torch's CPU kernels load it: divided by the AMP grad scale (and stored back) when there is one, then
-// times sign = -1 for maximize (torch's vector loop multiplies by -1; the tail negates: the same value).
-template <TorchCpuLoop kLoop, bool kScaled, class T, class S>
-WF_INLINE T cpu_grad(S* g, int64_t i, T scale, T sign) {
+// What the loops do to a grad as they load it: nothing; divide it by the AMP grad scale and store it back, as
+// torch's kernels do; or multiply it by max_grad_norm's clip coefficient and round it to its dtype, the grad
+// clip_grad_norm_ would leave (not stored back).
+enum class GradIn { kAsIs, kUnscale, kClip };
+
+struct GradFactors {
+  const float* scale;  // the GradScaler's scale, or null
+  const double* clip;  // the clip coefficient, or null (never both: the grads are unscaled before the norm)
+  GradIn mode() const { return clip ? GradIn::kClip : scale ? GradIn::kUnscale : GradIn::kAsIs; }
+  template <class T, GradIn kGrad>
+  T factor() const {
+    if constexpr (kGrad == GradIn::kUnscale) return T(*scale);
+    else if constexpr (kGrad == GradIn::kClip) return T(*clip);
+    else return T(1);
+  }
+};
+
+// grad[i] as torch's CPU kernels load it (after kGrad), times sign = -1 for maximize (torch's vector loop
+// multiplies by -1; the tail negates: the same value).
+template <TorchCpuLoop kLoop, GradIn kGrad, class T, class S>
+WF_INLINE T cpu_grad(S* g, int64_t i, T factor, T sign) {
   T gi = load(g, i);
-  if constexpr (kScaled) {
-    gi = gi / scale;
+  if constexpr (kGrad == GradIn::kUnscale) {
+    gi = gi / factor;
     store<kLoop>(g, i, gi);
+  } else if constexpr (kGrad == GradIn::kClip) {
+    S clipped[1];
+    store<kLoop>(clipped, 0, gi * factor);
+    gi = load(clipped, 0);
   }
   return gi * sign;
 }
 
-template <class scalar_t, TorchCpuLoop kLoop, bool kAdamW, bool kAmsgrad, bool kHasWd, bool kScaled, bool kLerpLow>
-WF_INLINE void adam_loop_t(const AdamTensorArgs& t, AdamCpuScalars<opmath_of<scalar_t>> s, const float* gs,
+template <class scalar_t, TorchCpuLoop kLoop, bool kAdamW, bool kAmsgrad, bool kHasWd, GradIn kGrad, bool kLerpLow>
+WF_INLINE void adam_loop_t(const AdamTensorArgs& t, AdamCpuScalars<opmath_of<scalar_t>> s, const GradFactors& gf,
                          int64_t begin, int64_t end) {
   using T = opmath_of<scalar_t>;
   s.amsgrad = kAmsgrad;  // constants from here on: the branches in adam_cpu_update fold away
@@ -92,9 +113,9 @@ WF_INLINE void adam_loop_t(const AdamTensorArgs& t, AdamCpuScalars<opmath_of<sca
   scalar_t* __restrict m = static_cast<scalar_t*>(t.m);
   scalar_t* __restrict v = static_cast<scalar_t*>(t.v);
   scalar_t* __restrict vm = static_cast<scalar_t*>(t.vmax);
-  const T scale = kScaled ? T(*gs) : T(1);
+  const T factor = gf.factor<T, kGrad>();
   for (int64_t i = begin; i < end; ++i) {
-    const T gi = cpu_grad<kLoop, kScaled>(g, i, scale, sign);
+    const T gi = cpu_grad<kLoop, kGrad>(g, i, factor, sign);
     T pi = load(p, i), mi = load(m, i), vi = load(v, i);
     T vmi = kAmsgrad ? load(vm, i) : T(0);
     adam_cpu_update<T, kLoop, kAdamW, kLerpLow>(pi, gi, mi, vi, vmi, s);
@@ -105,42 +126,45 @@ WF_INLINE void adam_loop_t(const AdamTensorArgs& t, AdamCpuScalars<opmath_of<sca
   }
 }
 
-template <class scalar_t, TorchCpuLoop kLoop, bool kAdamW, bool kAmsgrad, bool kHasWd, bool kScaled>
-WF_INLINE void adam_loop(const AdamTensorArgs& t, const AdamCpuScalars<opmath_of<scalar_t>>& s, const float* gs,
+template <class scalar_t, TorchCpuLoop kLoop, bool kAdamW, bool kAmsgrad, bool kHasWd, GradIn kGrad>
+WF_INLINE void adam_loop(const AdamTensorArgs& t, const AdamCpuScalars<opmath_of<scalar_t>>& s, const GradFactors& gf,
                          int64_t begin, int64_t end) {
   if (std::abs(s.lerp_w) < 0.5f)
-    return adam_loop_t<scalar_t, kLoop, kAdamW, kAmsgrad, kHasWd, kScaled, true>(t, s, gs, begin, end);
-  adam_loop_t<scalar_t, kLoop, kAdamW, kAmsgrad, kHasWd, kScaled, false>(t, s, gs, begin, end);
+    return adam_loop_t<scalar_t, kLoop, kAdamW, kAmsgrad, kHasWd, kGrad, true>(t, s, gf, begin, end);
+  adam_loop_t<scalar_t, kLoop, kAdamW, kAmsgrad, kHasWd, kGrad, false>(t, s, gf, begin, end);
 }
 
-template <class scalar_t, bool kAdamW, bool kAmsgrad, bool kHasWd, bool kScaled>
-WF_INLINE void adam_range_t(const AdamTensorArgs& t, const AdamCpuScalars<opmath_of<scalar_t>>& s, const float* gs,
-                            int64_t begin, int64_t end) {
+template <class scalar_t, bool kAdamW, bool kAmsgrad, bool kHasWd, GradIn kGrad>
+WF_INLINE void adam_range_t(const AdamTensorArgs& t, const AdamCpuScalars<opmath_of<scalar_t>>& s,
+                            const GradFactors& gf, int64_t begin, int64_t end) {
   const int64_t mid = std::clamp(t.vec_end, begin, end);
   if (!torch_runs_avx2_kernel()) {
-    adam_loop<scalar_t, TorchCpuLoop::kDefaultVector, kAdamW, kAmsgrad, kHasWd, kScaled>(t, s, gs, begin, mid);
-    return adam_loop<scalar_t, TorchCpuLoop::kDefaultTail, kAdamW, kAmsgrad, kHasWd, kScaled>(t, s, gs, mid, end);
+    adam_loop<scalar_t, TorchCpuLoop::kDefaultVector, kAdamW, kAmsgrad, kHasWd, kGrad>(t, s, gf, begin, mid);
+    return adam_loop<scalar_t, TorchCpuLoop::kDefaultTail, kAdamW, kAmsgrad, kHasWd, kGrad>(t, s, gf, mid, end);
   }
-  adam_loop<scalar_t, TorchCpuLoop::kAvx2Vector, kAdamW, kAmsgrad, kHasWd, kScaled>(t, s, gs, begin, mid);
-  adam_loop<scalar_t, TorchCpuLoop::kAvx2Tail, kAdamW, kAmsgrad, kHasWd, kScaled>(t, s, gs, mid, end);
+  adam_loop<scalar_t, TorchCpuLoop::kAvx2Vector, kAdamW, kAmsgrad, kHasWd, kGrad>(t, s, gf, begin, mid);
+  adam_loop<scalar_t, TorchCpuLoop::kAvx2Tail, kAdamW, kAmsgrad, kHasWd, kGrad>(t, s, gf, mid, end);
 }
 
-// Runtime flags -> one of the 16 instantiations.
+// Runtime flags -> one of the 24 instantiations (key = flags * 3 + grad mode).
 template <class scalar_t>
 WF_INLINE void adam_range(const AdamTensorArgs& t, const AdamCpuScalars<opmath_of<scalar_t>>& s, bool adamw,
-                          const float* gs, int64_t begin, int64_t end) {
-  const int key = (adamw ? 8 : 0) | (s.amsgrad ? 4 : 0) | (s.has_wd ? 2 : 0) | (gs ? 1 : 0);
+                          const GradFactors& gf, int64_t begin, int64_t end) {
+  const int key = ((adamw ? 4 : 0) | (s.amsgrad ? 2 : 0) | (s.has_wd ? 1 : 0)) * 3 + int(gf.mode());
   switch (key) {
-#define WF_CASE(K) \
-  case K: return adam_range_t<scalar_t, bool(K & 8), bool(K & 4), bool(K & 2), bool(K & 1)>(t, s, gs, begin, end);
-    WF_CASE(0) WF_CASE(1) WF_CASE(2) WF_CASE(3) WF_CASE(4) WF_CASE(5) WF_CASE(6) WF_CASE(7)
-    WF_CASE(8) WF_CASE(9) WF_CASE(10) WF_CASE(11) WF_CASE(12) WF_CASE(13) WF_CASE(14) WF_CASE(15)
+#define WF_CASE(K)                                                                                           \
+  case K:                                                                                                    \
+    return adam_range_t<scalar_t, bool(K / 3 & 4), bool(K / 3 & 2), bool(K / 3 & 1), GradIn(K % 3)>(t, s, gf, \
+                                                                                                    begin, end);
+    WF_CASE(0) WF_CASE(1) WF_CASE(2) WF_CASE(3) WF_CASE(4) WF_CASE(5) WF_CASE(6) WF_CASE(7) WF_CASE(8)
+    WF_CASE(9) WF_CASE(10) WF_CASE(11) WF_CASE(12) WF_CASE(13) WF_CASE(14) WF_CASE(15) WF_CASE(16) WF_CASE(17)
+    WF_CASE(18) WF_CASE(19) WF_CASE(20) WF_CASE(21) WF_CASE(22) WF_CASE(23)
 #undef WF_CASE
   }
 }
 
-template <class scalar_t, TorchCpuLoop kLoop, bool kMomentum, bool kFirst, bool kScaled>
-WF_INLINE void sgd_loop(void* pv, void* gv, void* bv, SgdScalars<opmath_of<scalar_t>> s, const float* gs,
+template <class scalar_t, TorchCpuLoop kLoop, bool kMomentum, bool kFirst, GradIn kGrad>
+WF_INLINE void sgd_loop(void* pv, void* gv, void* bv, SgdScalars<opmath_of<scalar_t>> s, const GradFactors& gf,
                         int64_t begin, int64_t end) {
   using T = opmath_of<scalar_t>;
   s.has_momentum = kMomentum;
@@ -148,9 +172,9 @@ WF_INLINE void sgd_loop(void* pv, void* gv, void* bv, SgdScalars<opmath_of<scala
   scalar_t* __restrict p = static_cast<scalar_t*>(pv);
   scalar_t* __restrict g = static_cast<scalar_t*>(gv);
   scalar_t* __restrict b = static_cast<scalar_t*>(bv);
-  const T scale = kScaled ? T(*gs) : T(1);
+  const T factor = gf.factor<T, kGrad>();
   for (int64_t i = begin; i < end; ++i) {
-    const T gi = cpu_grad<kLoop, kScaled>(g, i, scale, sign);
+    const T gi = cpu_grad<kLoop, kGrad>(g, i, factor, sign);
     T pi = load(p, i);
     T bi = (kMomentum && !kFirst) ? load(b, i) : T(0);
     sgd_cpu_update<T, kLoop>(pi, gi, bi, kFirst, s);
@@ -159,24 +183,25 @@ WF_INLINE void sgd_loop(void* pv, void* gv, void* bv, SgdScalars<opmath_of<scala
   }
 }
 
-template <class scalar_t, bool kMomentum, bool kFirst, bool kScaled>
-WF_INLINE void sgd_range_t(void* p, void* g, void* b, const SgdScalars<opmath_of<scalar_t>>& s, const float* gs,
+template <class scalar_t, bool kMomentum, bool kFirst, GradIn kGrad>
+WF_INLINE void sgd_range_t(void* p, void* g, void* b, const SgdScalars<opmath_of<scalar_t>>& s, const GradFactors& gf,
                            int64_t begin, int64_t end, int64_t vec_end) {
-  if (!torch_runs_avx2_kernel())  // no amsgrad max in SGD: one DEFAULT loop for the vector part and the tail
-    return sgd_loop<scalar_t, TorchCpuLoop::kDefaultVector, kMomentum, kFirst, kScaled>(p, g, b, s, gs, begin, end);
+  if (!torch_runs_avx2_kernel())  // the DEFAULT kernel's vector loop and tail round alike
+    return sgd_loop<scalar_t, TorchCpuLoop::kDefaultVector, kMomentum, kFirst, kGrad>(p, g, b, s, gf, begin, end);
   const int64_t mid = std::clamp(vec_end, begin, end);
-  sgd_loop<scalar_t, TorchCpuLoop::kAvx2Vector, kMomentum, kFirst, kScaled>(p, g, b, s, gs, begin, mid);
-  sgd_loop<scalar_t, TorchCpuLoop::kAvx2Tail, kMomentum, kFirst, kScaled>(p, g, b, s, gs, mid, end);
+  sgd_loop<scalar_t, TorchCpuLoop::kAvx2Vector, kMomentum, kFirst, kGrad>(p, g, b, s, gf, begin, mid);
+  sgd_loop<scalar_t, TorchCpuLoop::kAvx2Tail, kMomentum, kFirst, kGrad>(p, g, b, s, gf, mid, end);
 }
 
 template <class scalar_t>
 WF_INLINE void sgd_range(void* p, void* g, void* b, bool first, const SgdScalars<opmath_of<scalar_t>>& s,
-                         const float* gs, int64_t begin, int64_t end, int64_t vec_end) {
-  const int key = (s.has_momentum ? 4 : 0) | (first ? 2 : 0) | (gs ? 1 : 0);
+                         const GradFactors& gf, int64_t begin, int64_t end, int64_t vec_end) {
+  const int key = ((s.has_momentum ? 2 : 0) | (first ? 1 : 0)) * 3 + int(gf.mode());
   switch (key) {
 #define WF_CASE(K) \
-  case K: return sgd_range_t<scalar_t, bool(K & 4), bool(K & 2), bool(K & 1)>(p, g, b, s, gs, begin, end, vec_end);
-    WF_CASE(0) WF_CASE(1) WF_CASE(2) WF_CASE(3) WF_CASE(4) WF_CASE(5) WF_CASE(6) WF_CASE(7)
+  case K: return sgd_range_t<scalar_t, bool(K / 3 & 2), bool(K / 3 & 1), GradIn(K % 3)>(p, g, b, s, gf, begin, end, vec_end);
+    WF_CASE(0) WF_CASE(1) WF_CASE(2) WF_CASE(3) WF_CASE(4) WF_CASE(5) WF_CASE(6) WF_CASE(7) WF_CASE(8)
+    WF_CASE(9) WF_CASE(10) WF_CASE(11)
 #undef WF_CASE
   }
 }
@@ -191,13 +216,13 @@ WF_INLINE void sgd_range(void* p, void* g, void* b, bool first, const SgdScalars
 #define WF_CLONES(ATTR, SUFFIX)                                                                                    \
   template <class scalar_t>                                                                                        \
   ATTR void adam_range_##SUFFIX(const AdamTensorArgs& t, const AdamCpuScalars<opmath_of<scalar_t>>& s, bool adamw, \
-                                const float* gs, int64_t begin, int64_t end) {                                    \
-    adam_range<scalar_t>(t, s, adamw, gs, begin, end);                                                             \
+                                const GradFactors& gf, int64_t begin, int64_t end) {                              \
+    adam_range<scalar_t>(t, s, adamw, gf, begin, end);                                                             \
   }                                                                                                                \
   template <class scalar_t>                                                                                        \
   ATTR void sgd_range_##SUFFIX(void* p, void* g, void* b, bool first, const SgdScalars<opmath_of<scalar_t>>& s,    \
-                               const float* gs, int64_t begin, int64_t end, int64_t vec_end) {                     \
-    sgd_range<scalar_t>(p, g, b, first, s, gs, begin, end, vec_end);                                               \
+                               const GradFactors& gf, int64_t begin, int64_t end, int64_t vec_end) {               \
+    sgd_range<scalar_t>(p, g, b, first, s, gf, begin, end, vec_end);                                               \
   }
 WF_CLONES(WF_AVX2, avx2)
 WF_CLONES(WF_AVX512, avx512)
@@ -215,22 +240,22 @@ bool have_avx512() {  // torch's capability (its own hardware check; ATEN_CPU_CA
 // The portable build (std::fma in software where the CPU has no FMA: same bits, slower).
 template <class scalar_t>
 void adam_range_dispatch(const AdamTensorArgs& t, const AdamCpuScalars<opmath_of<scalar_t>>& s, bool adamw,
-                         const float* gs, int64_t begin, int64_t end) {
+                         const GradFactors& gf, int64_t begin, int64_t end) {
 #ifdef WF_HAVE_AVX2_CLONE
-  if (have_avx512()) return adam_range_avx512<scalar_t>(t, s, adamw, gs, begin, end);
-  if (have_avx2_fma()) return adam_range_avx2<scalar_t>(t, s, adamw, gs, begin, end);
+  if (have_avx512()) return adam_range_avx512<scalar_t>(t, s, adamw, gf, begin, end);
+  if (have_avx2_fma()) return adam_range_avx2<scalar_t>(t, s, adamw, gf, begin, end);
 #endif
-  adam_range<scalar_t>(t, s, adamw, gs, begin, end);
+  adam_range<scalar_t>(t, s, adamw, gf, begin, end);
 }
 
 template <class scalar_t>
 void sgd_range_dispatch(void* p, void* g, void* b, bool first, const SgdScalars<opmath_of<scalar_t>>& s,
-                        const float* gs, int64_t begin, int64_t end, int64_t vec_end) {
+                        const GradFactors& gf, int64_t begin, int64_t end, int64_t vec_end) {
 #ifdef WF_HAVE_AVX2_CLONE
-  if (have_avx512()) return sgd_range_avx512<scalar_t>(p, g, b, first, s, gs, begin, end, vec_end);
-  if (have_avx2_fma()) return sgd_range_avx2<scalar_t>(p, g, b, first, s, gs, begin, end, vec_end);
+  if (have_avx512()) return sgd_range_avx512<scalar_t>(p, g, b, first, s, gf, begin, end, vec_end);
+  if (have_avx2_fma()) return sgd_range_avx2<scalar_t>(p, g, b, first, s, gf, begin, end, vec_end);
 #endif
-  sgd_range<scalar_t>(p, g, b, first, s, gs, begin, end, vec_end);
+  sgd_range<scalar_t>(p, g, b, first, s, gf, begin, end, vec_end);
 }
 
 // ------------------------------------------------------------------------------------------------ the ops
@@ -279,8 +304,8 @@ std::vector<at::Tensor> begin_step(const StepLists& l, const at::Tensor& sched_s
 }
 
 // ------------------------------------------------------------------------------------------------ staging
-// A work item whose tensor has a float32 master, stochastic rounding (bf16) or clipping is staged chunk by chunk
-// (in L1/L2) into the buffers the torch-parity loops take, then written back:
+// A work item of a 16-bit tensor with a float32 master or stochastic rounding (bf16) is staged chunk by chunk
+// (in L1/L2) into the float buffers the torch-parity loops take, then written back:
 //  * master: the loop runs in float32 on the master and its float32 states, with the grads upcast, as the reference
 //    does (torch fused stepping float32 masters, with float32's vector/tail split); the param is then the master
 //    rounded to nearest;
@@ -373,13 +398,8 @@ void staged_item(S* p, S* g, void* s1, void* s2, void* s3, int64_t numel, const 
     const int64_t n = std::min(kChunk, end - cb);
     if constexpr (is_16bit<S>) {
       staged_chunk_16bit(p, g, states, x, gs, numel, cb, n, run);
-    } else {  // float32 / float64: only clipping is staged
-      thread_local std::vector<S> storage(kChunk);
-      S* clipped = storage.data();
-      using T = opmath_of<S>;
-      for (int64_t j = 0; j < n; ++j) clipped[j] = S(T(g[cb + j]) * T(*x.clip));
-      auto at = [&](void* q) { return q ? static_cast<S*>(q) + cb : nullptr; };
-      run(p + cb, clipped, at(s1), at(s2), at(s3), n, std::clamp(torch_vec_end<S>(numel) - cb, int64_t(0), n));
+    } else {
+      TORCH_INTERNAL_ASSERT(false, "master weights and stochastic rounding are for 16-bit params only");
     }
   }
 }
@@ -404,6 +424,8 @@ void adam_step_cpu(at::TensorList params, at::TensorList grads, at::TensorList e
   const double* hp = hparams.data_ptr<double>();
   const float* gs = optional_ptr(grad_scale);
   const double* clip = (clip_coef.has_value() && clip_coef->defined()) ? clip_coef->data_ptr<double>() : nullptr;
+  TORCH_CHECK(!(gs && clip), "grad_scale and clip_coef: unscale the grads before taking their norm, then pass "
+              "clip_coef alone");
   std::vector<AdamTensorArgs> args(n);
   std::vector<Extras> extras(n);
   std::vector<int64_t> numels(n);
@@ -412,6 +434,8 @@ void adam_step_cpu(at::TensorList params, at::TensorList grads, at::TensorList e
     const double* h = hp + tensor_group[i] * kAdamCols;
     const bool ams = h[kAmsgrad] != 0.0;
     float* master = has_state(masters, i, params[i]) ? masters[i].data_ptr<float>() : nullptr;
+    TORCH_CHECK(!master || params[i].element_size() == 2, "adam_step: masters[", i, "]: a float32 master is for a ",
+                "float16/bfloat16 param, not ", params[i].scalar_type());
     if (*st == 0.0f) {  // a param's first step starts from zero states and its master from the param
       exp_avgs[i].zero_();
       exp_avg_sqs[i].zero_();
@@ -440,13 +464,13 @@ void adam_step_cpu(at::TensorList params, at::TensorList grads, at::TensorList e
         using T = opmath_of<scalar_t>;
         const auto s = adam_cpu_scalars<T>(lrs[t.group], beta1s[t.group], h[kBeta2], h[kEps], h[kWeightDecay],
                                            h[kAmsgrad] != 0.0, h[kMaximize] != 0.0, t.step);
-        if (!x.master && !x.stochastic && !x.clip)
-          return adam_range_dispatch<scalar_t>(t, s, adamw, gs, job.begin, job.end);
+        if (!x.master && !x.stochastic)
+          return adam_range_dispatch<scalar_t>(t, s, adamw, {gs, clip}, job.begin, job.end);
         staged_item(static_cast<scalar_t*>(t.p), static_cast<scalar_t*>(t.g), t.m, t.v, t.vmax, t.numel, x, gs,
                     job.begin, job.end, [&](auto* p, auto* g, auto* m, auto* v, auto* vm, int64_t len, int64_t vec) {
           using C = std::remove_pointer_t<decltype(p)>;
           const AdamTensorArgs f{p, g, m, v, vm, len, vec, t.group, t.step};
-          adam_range_dispatch<C>(f, s, adamw, gs, 0, len);
+          adam_range_dispatch<C>(f, s, adamw, {gs, nullptr}, 0, len);  // staging applied the clip
         });
       });
     }
@@ -474,6 +498,8 @@ void sgd_step_cpu(at::TensorList params, at::TensorList grads, at::TensorList mo
   const double* hp = hparams.data_ptr<double>();
   const float* gs = optional_ptr(grad_scale);
   const double* clip = (clip_coef.has_value() && clip_coef->defined()) ? clip_coef->data_ptr<double>() : nullptr;
+  TORCH_CHECK(!(gs && clip), "grad_scale and clip_coef: unscale the grads before taking their norm, then pass "
+              "clip_coef alone");
   std::vector<int64_t> numels(n);
   std::vector<char> first(n);
   std::vector<Extras> extras(n);
@@ -483,6 +509,8 @@ void sgd_step_cpu(at::TensorList params, at::TensorList grads, at::TensorList mo
     first[i] = *st == 0.0f;
     *st = *st + 1.0f;
     float* master = has_state(masters, i, params[i]) ? masters[i].data_ptr<float>() : nullptr;
+    TORCH_CHECK(!master || params[i].element_size() == 2, "sgd_step: masters[", i, "]: a float32 master is for a ",
+                "float16/bfloat16 param, not ", params[i].scalar_type());
     if (first[i] && master) masters[i].copy_(params[i]);  // a master's first step starts from the param
     extras[i] = {master, params[i].scalar_type() == at::kBFloat16 && !master &&
                              hp[tensor_group[i] * kSgdCols + kStochastic] != 0.0,
@@ -502,15 +530,14 @@ void sgd_step_cpu(at::TensorList params, at::TensorList grads, at::TensorList mo
         using T = opmath_of<scalar_t>;
         const auto s = sgd_scalars<T>(lrs[grp], has_buf ? momenta[grp] : 0.0, h[kDampening], h[kSgdWeightDecay],
                                       h[kNesterov] != 0.0, h[kSgdMaximize] != 0.0);
-        if (!x.master && !x.stochastic && !x.clip)
-          return sgd_range_dispatch<scalar_t>(params[i].data_ptr(), used[i].data_ptr(), buf, first[i] != 0, s, gs,
-                                              job.begin, job.end, numels[i] - numels[i] % (vector_bytes() /
-                                                                                         params[i].element_size()));
+        if (!x.master && !x.stochastic)
+          return sgd_range_dispatch<scalar_t>(params[i].data_ptr(), used[i].data_ptr(), buf, first[i] != 0, s,
+                                              {gs, clip}, job.begin, job.end, torch_vec_end<scalar_t>(numels[i]));
         staged_item(static_cast<scalar_t*>(params[i].data_ptr()), static_cast<scalar_t*>(used[i].data_ptr()), buf,
                     nullptr, nullptr, numels[i], x, gs, job.begin, job.end,
                     [&](auto* p, auto* g, auto* b, auto*, auto*, int64_t len, int64_t vec) {
           using C = std::remove_pointer_t<decltype(p)>;
-          sgd_range_dispatch<C>(p, g, b, first[i] != 0, s, gs, 0, len, vec);
+          sgd_range_dispatch<C>(p, g, b, first[i] != 0, s, {gs, nullptr}, 0, len, vec);  // staging applied the clip
         });
       });
     }
