@@ -9,10 +9,11 @@
 //    contracted torch's a*b+c into FMA differently in each of its compiled loops; `TorchCpuLoop` says which
 //    loop an element goes through (details there).
 //  * CUDA (aten/src/ATen/native/cuda/fused_adam_utils.cuh, FusedSgdKernel.cu): torch builds with nvcc's default
-//    -fmad=true, so its a*b+c are contracted to FMA; we build with -fmad=false and write those fma() explicitly.
+//    -fmad=true, so its a*b+c are contracted to FMA; we build with the same default and write those fma()
+//    explicitly, so that the contractions are torch's by construction (unverified on a GPU: the machine-code
+//    test checks the loads, stores and spills, not the arithmetic).
 //
-// Host code is built with -ffp-contract=off and device code with -fmad=false: nothing here is contracted
-// unless it says fma.
+// Host code is built with -ffp-contract=off: nothing here is contracted on the CPU unless it says fma.
 #pragma once
 
 #include <c10/util/bit_cast.h>
