@@ -30,13 +30,7 @@ from warmup_fused.schedules import Schedule
 DOC = Path(__file__).resolve().parent.parent / "docs" / "bad_inputs.md"
 MAX_MESSAGE = 600  # a clear error fits in a few lines (no dispatcher dumps)
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # --------------------------------------------------------------------------------------------- snapshots

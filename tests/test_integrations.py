@@ -23,13 +23,7 @@ from test_migration import MLP
 SCHEDULE = LAYOUT["lr_from_schedule"]
 STEPS = 20
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_importing_warmup_fused_imports_no_framework():

@@ -29,14 +29,7 @@ HPARAMS = {  # weight decay everywhere, so a dropped hyperparameter shows
     "SGD": dict(momentum=0.9, weight_decay=1e-3),
 }
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: extra threads only cost time on shared cores (results do not depend on them)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def bits(x) -> bytes:

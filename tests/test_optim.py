@@ -19,17 +19,7 @@ from torch.optim.lr_scheduler import CosineAnnealingLR, LambdaLR, LinearLR, Sequ
 import warmup_fused
 from warmup_fused import SGD, Adam, AdamW, schedules
 
-
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: torch's fused CPU kernels parallelise every tensor, which only costs time on 2 busy cores.
-    Results do not depend on the thread count (each element's arithmetic is fixed)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 class MLP(torch.nn.Module):

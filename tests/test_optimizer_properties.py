@@ -37,13 +37,7 @@ def fuzz(examples: int):
     return settings(max_examples=EXAMPLES or examples, deadline=None, derandomize=True, database=None,
                     suppress_health_check=list(HealthCheck))
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # ------------------------------------------------------------------------------------------ hyperparameters

@@ -26,6 +26,8 @@ from transformers import optimization as hf
 
 from warmup_fused import schedules as S
 
+from test_from_torch import _record_momentum
+
 try:
     from warmup_scheduler import GradualWarmupScheduler
 except ImportError:  # pragma: no cover
@@ -394,18 +396,10 @@ def drive_with_momentum(make, steps, key, opt_factory):
     """(lr, momentum) of every group during iteration t of the canonical loop."""
     groups = [{"params": [torch.nn.Parameter(torch.zeros(1))], "lr": b} for b in BASES]
     opt = opt_factory(groups)
-    lr, mom = [[] for _ in BASES], [[] for _ in BASES]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         sched = make(opt)
-        for t in range(steps):
-            for g, group in enumerate(opt.param_groups):
-                lr[g].append(float(group["lr"]))
-                mom[g].append(float(group["betas"][0] if key == "betas" else group["momentum"]))
-            opt.step()
-            if t + 1 < steps:
-                sched.step()
-    return torch.tensor(lr, dtype=torch.float64), torch.tensor(mom, dtype=torch.float64)
+    return _record_momentum(opt, sched, steps, key)
 
 
 ONE_CYCLE_OPTS = {"SGD": (lambda g: torch.optim.SGD(g, lr=0.1, momentum=0.9), "momentum"),
