@@ -497,12 +497,29 @@ def test_opcheck(cls, kw):
                                else a for a in args])
 
 
-def test_op_rejects_bad_group_index_and_writes_nothing():
+def _group_index(args):
+    args[13] = [0, 3]
+
+
+def _scale_and_clip(args):
+    args[14], args[16] = torch.full((), 2.0), torch.full((), 0.5, dtype=torch.float64)
+
+
+def _float32_master(args):
+    args[6] = [p.clone() for p in args[0]]
+
+
+@pytest.mark.parametrize("edit, error, match", [
+    (_group_index, ValueError, "tensor_group"),
+    (_scale_and_clip, ValueError, "clip_coef and grad_scale cannot both be given"),
+    (_float32_master, TypeError, "only float16 and bfloat16 params take a float32 master")], ids=lambda x: getattr(
+        x, "__name__", None))
+def test_op_rejects_bad_arguments_and_writes_nothing(edit, error, match):
     opt, args = _op_case(AdamW)
     written = args[0] + args[2] + args[3] + args[5] + [args[7], args[8]]  # params, states, counters, scratch
     before = [t.clone() for t in written]
-    args[13] = [0, 3]
-    with pytest.raises(ValueError, match="tensor_group"):
+    edit(args)
+    with pytest.raises(error, match=match):
         torch.ops.warmup_fused.adam_step(*args)
     assert all(torch.equal(a.reshape(-1).view(torch.uint8), b.reshape(-1).view(torch.uint8)) for a, b in zip(before, written))
 

@@ -75,7 +75,7 @@ enum class GradIn { kAsIs, kUnscale, kClip };
 
 struct GradFactors {
   const float* scale;  // the GradScaler's scale, or null
-  const double* clip;  // the clip coefficient, or null (never both: the grads are unscaled before the norm)
+  const double* clip;  // the clip coefficient, or null (never both: check_step_buffers refuses it)
   GradIn mode() const { return clip ? GradIn::kClip : scale ? GradIn::kUnscale : GradIn::kAsIs; }
   template <class T, GradIn kGrad>
   T factor() const {
@@ -399,6 +399,7 @@ void staged_item(S* p, S* g, void* s1, void* s2, void* s3, int64_t numel, const 
     if constexpr (is_16bit<S>) {
       staged_chunk_16bit(p, g, states, x, gs, numel, cb, n, run);
     } else {
+      // check_step_lists gives masters to 16-bit params only; stochastic rounding is bfloat16 only
       TORCH_INTERNAL_ASSERT(false, "master weights and stochastic rounding are for 16-bit params only");
     }
   }
@@ -424,8 +425,6 @@ void adam_step_cpu(at::TensorList params, at::TensorList grads, at::TensorList e
   const double* hp = hparams.data_ptr<double>();
   const float* gs = optional_ptr(grad_scale);
   const double* clip = (clip_coef.has_value() && clip_coef->defined()) ? clip_coef->data_ptr<double>() : nullptr;
-  TORCH_CHECK(!(gs && clip), "grad_scale and clip_coef: unscale the grads before taking their norm, then pass "
-              "clip_coef alone");
   std::vector<AdamTensorArgs> args(n);
   std::vector<Extras> extras(n);
   std::vector<int64_t> numels(n);
@@ -434,8 +433,6 @@ void adam_step_cpu(at::TensorList params, at::TensorList grads, at::TensorList e
     const double* h = hp + tensor_group[i] * kAdamCols;
     const bool ams = h[kAmsgrad] != 0.0;
     float* master = has_state(masters, i, params[i]) ? masters[i].data_ptr<float>() : nullptr;
-    TORCH_CHECK(!master || params[i].element_size() == 2, "adam_step: masters[", i, "]: a float32 master is for a ",
-                "float16/bfloat16 param, not ", params[i].scalar_type());
     if (*st == 0.0f) {  // a param's first step starts from zero states and its master from the param
       exp_avgs[i].zero_();
       exp_avg_sqs[i].zero_();
@@ -498,8 +495,6 @@ void sgd_step_cpu(at::TensorList params, at::TensorList grads, at::TensorList mo
   const double* hp = hparams.data_ptr<double>();
   const float* gs = optional_ptr(grad_scale);
   const double* clip = (clip_coef.has_value() && clip_coef->defined()) ? clip_coef->data_ptr<double>() : nullptr;
-  TORCH_CHECK(!(gs && clip), "grad_scale and clip_coef: unscale the grads before taking their norm, then pass "
-              "clip_coef alone");
   std::vector<int64_t> numels(n);
   std::vector<char> first(n);
   std::vector<Extras> extras(n);
@@ -509,8 +504,6 @@ void sgd_step_cpu(at::TensorList params, at::TensorList grads, at::TensorList mo
     first[i] = *st == 0.0f;
     *st = *st + 1.0f;
     float* master = has_state(masters, i, params[i]) ? masters[i].data_ptr<float>() : nullptr;
-    TORCH_CHECK(!master || params[i].element_size() == 2, "sgd_step: masters[", i, "]: a float32 master is for a ",
-                "float16/bfloat16 param, not ", params[i].scalar_type());
     if (first[i] && master) masters[i].copy_(params[i]);  // a master's first step starts from the param
     extras[i] = {master, params[i].scalar_type() == at::kBFloat16 && !master &&
                              hp[tensor_group[i] * kSgdCols + kStochastic] != 0.0,
